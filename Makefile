@@ -1,0 +1,34 @@
+# Everything a newcomer needs: `make demo` and `make test` (both create .venv themselves).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint bench dev clean install
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import ledger_core, ledger_pipelines, dagster_project" 
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m ledger_core.demo
+
+test: $(STAMP)
+	$(BIN)/ruff check ledger_core ledger_pipelines dagster_project tests bench
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python bench/run_all.py
+
+dev: $(STAMP)
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) .ledger .dagster_home

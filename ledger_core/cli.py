@@ -1,0 +1,384 @@
+"""`ledgerctl`: the command line over the ledger (and, when installed, its pipelines).
+
+Every command prints JSON on stdout and exits 0; on failure it prints one line `error: CODE: message`
+on stderr and exits 1 (2 for a usage error). This module and the Dagster resources are the only places
+that read the environment: LEDGER_DATABASE_URL (else the project's own local server under
+LEDGER_HOME/.ledger, LEDGER_HOME defaulting to the working folder) and LEDGER_PG_BIN.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from ledger_core import reads
+from ledger_core.db import connect, local_database_url
+from ledger_core.errors import LedgerError, ValidationError
+from ledger_core.ledgers import create_ledger, list_ledgers
+from ledger_core.requests import (
+    Command,
+    DeleteMetadata,
+    NewTransaction,
+    RevertTransaction,
+    SetMetadata,
+    parse_json,
+)
+from ledger_core.validation import timestamp
+from ledger_core.writer import write
+
+
+def database_url() -> str:
+    url = os.environ.get("LEDGER_DATABASE_URL")
+    if url:
+        return url
+    return local_database_url(Path(os.environ.get("LEDGER_HOME", ".")), pg_bin=os.environ.get("LEDGER_PG_BIN"))
+
+
+def emit(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+class CliError(click.ClickException):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.code}: {self.format_message()}", err=True)
+
+
+def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn every expected failure into one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LedgerError as exc:
+            raise CliError(type(exc).error_code, str(exc)) from None
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CliError("DATABASE", f"cannot reach the ledger database: {first}") from None
+        except _pipeline_errors() as exc:
+            raise CliError(getattr(exc, "error_code", "PIPELINE"), str(exc)) from None
+
+    return wrapper
+
+
+def _pipeline_errors() -> tuple[type[Exception], ...]:
+    try:
+        from ledger_pipelines.errors import PipelineError
+    except ImportError:  # the pipelines extra is not installed
+        return ()
+    return (PipelineError,)
+
+
+def open_db() -> psycopg.Connection:
+    return connect(database_url())
+
+
+def read_body(value: str) -> Any:
+    """A JSON argument given inline, as @path, or as - for stdin."""
+    if value == "-":
+        return parse_json(sys.stdin.read())
+    if value.startswith("@"):
+        return parse_json(Path(value[1:]).read_text())
+    return parse_json(value)
+
+
+def parse_time(value: str | None, field: str) -> Any:
+    return None if value is None else timestamp(value, field=field)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """A double-entry ledger on PostgreSQL with a hash-chained log."""
+
+
+# -- ledgers -----------------------------------------------------------------------------------------
+
+@cli.group()
+def ledgers() -> None:
+    """Create and list ledgers."""
+
+
+@ledgers.command("create")
+@click.argument("name")
+@click.option("--metadata", "meta", default=None, help="JSON object of string metadata.")
+@handles_errors
+def ledgers_create(name: str, meta: str | None) -> None:
+    """Create the ledger NAME."""
+    with open_db() as conn:
+        emit(create_ledger(conn, name, parse_json(meta) if meta else None).to_json())
+
+
+@ledgers.command("list")
+@handles_errors
+def ledgers_list() -> None:
+    """List every ledger."""
+    with open_db() as conn:
+        emit([info.to_json() for info in list_ledgers(conn)])
+
+
+# -- transactions ------------------------------------------------------------------------------------
+
+@cli.group()
+def tx() -> None:
+    """Create, revert, read and annotate transactions."""
+
+
+@tx.command("create")
+@click.argument("ledger")
+@click.option("--json", "body", required=True, help="Transaction in Formance v2 shape: inline, @file or -.")
+@click.option("--idempotency-key", default=None, help="Replays with the same key return the first result.")
+@click.option("--dry-run", is_flag=True, help="Validate and compute volumes without writing anything.")
+@click.option("--force", is_flag=True, help="Skip balance checks (overdraft allowed everywhere).")
+@handles_errors
+def tx_create(ledger: str, body: str, idempotency_key: str | None, dry_run: bool, force: bool) -> None:
+    """Create a transaction in LEDGER."""
+    command = NewTransaction.from_json(read_body(body), idempotency_key=idempotency_key, force=force)
+    with open_db() as conn:
+        [result] = write(conn, ledger, [command], dry_run=dry_run)
+    emit(result.to_json())
+
+
+BULK_ACTIONS = ("CREATE_TRANSACTION", "ADD_METADATA", "REVERT_TRANSACTION", "DELETE_METADATA")
+
+
+def bulk_command(element: Any, line: int) -> Command:
+    """One NDJSON line: a plain transaction body, or a Formance bulk element {"action", "data", "ik"}."""
+    try:
+        if not isinstance(element, dict) or "action" not in element:
+            return NewTransaction.from_json(element)
+        action, data, key = element["action"], element.get("data") or {}, element.get("ik")
+        if action == "CREATE_TRANSACTION":
+            return NewTransaction.from_json(data, idempotency_key=key)
+        if action == "ADD_METADATA":
+            return SetMetadata.build(data.get("targetType"), data.get("targetId"), data.get("metadata"), key)
+        if action == "DELETE_METADATA":
+            return DeleteMetadata.build(data.get("targetType"), data.get("targetId"), data.get("key"), key)
+        if action == "REVERT_TRANSACTION":
+            return RevertTransaction(data.get("id"), bool(data.get("force", False)), key)
+        raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(BULK_ACTIONS)}")
+    except ValidationError as exc:
+        raise ValidationError(f"line {line}: {exc}") from None
+
+
+def read_ndjson(path: str) -> Iterator[tuple[int, Any]]:
+    stream = sys.stdin if path == "-" else open(path)  # noqa: SIM115 - closed below
+    try:
+        for number, text in enumerate(stream, start=1):
+            if text.strip():
+                yield number, parse_json(text, what=f"line {number}")
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+@tx.command("bulk")
+@click.argument("ledger")
+@click.option("--file", "path", required=True, help="NDJSON: one transaction body or bulk element per line (- for stdin).")
+@click.option("--dry-run", is_flag=True, help="Validate everything, write nothing.")
+@handles_errors
+def tx_bulk(ledger: str, path: str, dry_run: bool) -> None:
+    """Apply many writes in one database transaction, all or nothing."""
+    commands = [bulk_command(element, line) for line, element in read_ndjson(path)]
+    if not commands:
+        raise ValidationError("the file holds no transaction", field="file")
+    with open_db() as conn:
+        results = write(conn, ledger, commands, dry_run=dry_run)
+    emit([r.to_json() for r in results])
+
+
+@tx.command("revert")
+@click.argument("ledger")
+@click.argument("transaction_id", type=int)
+@click.option("--force", is_flag=True, help="Revert even if a destination no longer holds the funds.")
+@click.option("--idempotency-key", default=None)
+@handles_errors
+def tx_revert(ledger: str, transaction_id: int, force: bool, idempotency_key: str | None) -> None:
+    """Revert a transaction: write its postings reversed and mark it reverted."""
+    with open_db() as conn:
+        [result] = write(conn, ledger, [RevertTransaction(transaction_id, force, idempotency_key)])
+    emit(result.to_json())
+
+
+@tx.command("get")
+@click.argument("ledger")
+@click.argument("transaction_id", type=int)
+@handles_errors
+def tx_get(ledger: str, transaction_id: int) -> None:
+    """Show one transaction."""
+    with open_db() as conn:
+        emit(reads.get_transaction(conn, ledger, transaction_id).to_json())
+
+
+@tx.command("list")
+@click.argument("ledger")
+@click.option("--account", default=None, help="Address or pattern (users: , users:*:main).")
+@click.option("--reference", default=None)
+@click.option("--start", default=None, help="Effective timestamp lower bound (inclusive), RFC 3339.")
+@click.option("--end", default=None, help="Effective timestamp upper bound (exclusive), RFC 3339.")
+@click.option("--page-size", default=15, show_default=True, type=int)
+@click.option("--cursor", default=None, help="The `next` cursor of the previous page.")
+@handles_errors
+def tx_list(ledger: str, account: str | None, reference: str | None, start: str | None, end: str | None,
+            page_size: int, cursor: str | None) -> None:
+    """List transactions, newest first, one page at a time."""
+    with open_db() as conn:
+        page = reads.list_transactions(
+            conn, ledger, account=account, reference=reference, start=parse_time(start, "start"),
+            end=parse_time(end, "end"), page_size=page_size, cursor=cursor,
+        )
+    emit(page.to_json())
+
+
+def _metadata_commands(group: click.Group, target: str, id_type: Any) -> None:
+    """`set-metadata` and `delete-metadata` for one target type (accounts or transactions)."""
+
+    @group.command("set-metadata")
+    @click.argument("ledger")
+    @click.argument("target_id", type=id_type)
+    @click.option("--json", "body", required=True, help="JSON object of string values: inline, @file or -.")
+    @click.option("--idempotency-key", default=None)
+    @handles_errors
+    def set_metadata(ledger: str, target_id: Any, body: str, idempotency_key: str | None) -> None:
+        """Set metadata keys (one SET_METADATA log)."""
+        command = SetMetadata.build(target, target_id, read_body(body), idempotency_key)
+        with open_db() as conn:
+            [result] = write(conn, ledger, [command])
+        emit(result.log.to_json())
+
+    @group.command("delete-metadata")
+    @click.argument("ledger")
+    @click.argument("target_id", type=id_type)
+    @click.argument("key")
+    @click.option("--idempotency-key", default=None)
+    @handles_errors
+    def delete_metadata(ledger: str, target_id: Any, key: str, idempotency_key: str | None) -> None:
+        """Delete one metadata key (one DELETE_METADATA log)."""
+        command = DeleteMetadata.build(target, target_id, key, idempotency_key)
+        with open_db() as conn:
+            [result] = write(conn, ledger, [command])
+        emit(result.log.to_json())
+
+
+_metadata_commands(tx, "TRANSACTION", int)
+
+
+# -- accounts, balances, volumes ---------------------------------------------------------------------
+
+@cli.group()
+def accounts() -> None:
+    """Read and annotate accounts."""
+
+
+@accounts.command("get")
+@click.argument("ledger")
+@click.argument("address")
+@handles_errors
+def accounts_get(ledger: str, address: str) -> None:
+    """Show an account with its volumes per asset and its metadata."""
+    with open_db() as conn:
+        emit(reads.get_account(conn, ledger, address).to_json())
+
+
+_metadata_commands(accounts, "ACCOUNT", str)
+
+
+@cli.command("balances")
+@click.argument("ledger")
+@click.option("--address", default=None, help="Address or pattern (users: , users:*:main).")
+@click.option("--asset", default=None)
+@click.option("--effective-at", default=None, help="Balances as of this effective time (RFC 3339).")
+@click.option("--inserted-at", default=None, help="Balances as the ledger had recorded them at this time.")
+@handles_errors
+def balances_cmd(ledger: str, address: str | None, asset: str | None, effective_at: str | None,
+                 inserted_at: str | None) -> None:
+    """Balances per account and asset, now or at a point in time, with per-asset totals."""
+    with open_db() as conn:
+        rows = reads.balances(conn, ledger, address=address, asset_filter=asset,
+                              effective_at=parse_time(effective_at, "effective-at"),
+                              inserted_at=parse_time(inserted_at, "inserted-at"))
+    emit({"data": [r.to_json() for r in rows], "totals": reads.aggregate(rows)})
+
+
+@cli.command("volumes")
+@click.argument("ledger")
+@click.option("--start", default=None, help="Window start (inclusive), RFC 3339.")
+@click.option("--end", default=None, help="Window end (exclusive), RFC 3339.")
+@click.option("--address", default=None)
+@click.option("--by", type=click.Choice(["effective", "insertion"]), default="effective", show_default=True)
+@handles_errors
+def volumes_cmd(ledger: str, start: str | None, end: str | None, address: str | None, by: str) -> None:
+    """What flowed in and out of each account per asset in a time window."""
+    with open_db() as conn:
+        rows = reads.volumes_between(conn, ledger, start=parse_time(start, "start"), end=parse_time(end, "end"),
+                                     address=address, by_insertion=by == "insertion")
+    emit({"data": [r.to_json() for r in rows]})
+
+
+# -- logs --------------------------------------------------------------------------------------------
+
+@cli.group()
+def logs() -> None:
+    """Read and verify the hash-chained log."""
+
+
+@logs.command("list")
+@click.argument("ledger")
+@click.option("--after", default=0, show_default=True, type=int, help="Only logs with a greater id.")
+@click.option("--limit", default=100, show_default=True, type=int)
+@handles_errors
+def logs_list(ledger: str, after: int, limit: int) -> None:
+    """List logs in id order."""
+    with open_db() as conn:
+        emit([log.to_json() for log in reads.list_logs(conn, ledger, after=after, limit=limit)])
+
+
+@logs.command("verify")
+@click.argument("ledger")
+@handles_errors
+def logs_verify(ledger: str) -> None:
+    """Recompute the hash chain; name the first log that does not match (exit 1)."""
+    with open_db() as conn:
+        emit(reads.verify_chain(conn, ledger).to_json())
+
+
+@cli.group()
+def db() -> None:
+    """The ledger database itself."""
+
+
+@db.command("url")
+@handles_errors
+def db_url() -> None:
+    """Print the database URL in use (starting the local server if needed)."""
+    emit({"url": database_url()})
+
+
+def _register_pipeline_commands() -> None:
+    try:
+        from ledger_pipelines.cli import register
+    except ImportError:  # the pipelines extra is not installed: the ledger alone still works
+        return
+    register(cli, open_db, emit, handles_errors)
+
+
+_register_pipeline_commands()
+
+
+def main() -> None:
+    cli(prog_name="ledgerctl")
+
+
+if __name__ == "__main__":
+    main()

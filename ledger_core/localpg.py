@@ -1,0 +1,204 @@
+"""A local PostgreSQL server the project starts itself when no database URL is configured.
+
+The server's files live in one directory (by default `.ledger/pg` in the working folder) and it is
+reused across runs: `ensure_server()` starts it if it is not running and returns its URL.
+
+Binaries come from, in order: `LEDGER_PG_BIN` (passed in by the edge that reads the environment), the
+`pg_ctl` on PATH, the newest `/usr/lib/postgresql/*/bin`, and the `pgserver` wheel if installed.
+PostgreSQL refuses to run as root, so when we are root the server runs as the `postgres` system user
+(created if missing) and owns only its data directory. The server listens on 127.0.0.1 only, with
+`trust` authentication: it is a development server, never a production one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger_core.errors import LocalServerError
+
+SERVER_USER = "postgres"
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A running local server: where its files are and where it listens."""
+
+    data_dir: Path
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{SERVER_USER}@127.0.0.1:{self.port}/{database}"
+
+
+def find_bin_dir(explicit: str | None = None) -> Path:
+    """Return the directory holding `initdb`, `pg_ctl` and `postgres`."""
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(Path(explicit))
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(Path(on_path).parent)
+    system = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates.extend(system)
+    with contextlib.suppress(ImportError):
+        import pgserver  # type: ignore[import-not-found]
+
+        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    for directory in candidates:
+        if (directory / "pg_ctl").exists() and (directory / "initdb").exists():
+            return directory
+    raise LocalServerError(
+        "no PostgreSQL binaries found (looked at LEDGER_PG_BIN, PATH, /usr/lib/postgresql/*/bin, "
+        "the pgserver wheel); install PostgreSQL or set LEDGER_DATABASE_URL"
+    )
+
+
+def _as_server_user() -> list[str]:
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", SERVER_USER], check=True)
+    return ["runuser", "-u", SERVER_USER, "--"]
+
+
+def _chown_to_server_user(path: Path) -> None:
+    if os.geteuid() != 0:
+        return
+    entry = pwd.getpwnam(SERVER_USER)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _running_port(data_dir: Path) -> int | None:
+    """The port of the server running on `data_dir`, read from its postmaster.pid, if it is alive."""
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, IndexError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by the server user
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        if sock.connect_ex(("127.0.0.1", port)) != 0:
+            return None
+    return port
+
+
+def _run(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise LocalServerError(f"{what} failed: {detail[-1] if detail else result.returncode}")
+
+
+def _init(bin_dir: Path, data_dir: Path, durable: bool) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    _chown_to_server_user(data_dir)
+    _run(
+        [*_as_server_user(), str(bin_dir / "initdb"), "-D", str(data_dir), "-U", SERVER_USER,
+         "--auth=trust", "-E", "UTF8", "--no-locale"],
+        "initdb",
+    )
+    settings = [
+        "listen_addresses = '127.0.0.1'",
+        "unix_socket_directories = ''",
+        "max_connections = 200",
+        "shared_buffers = 256MB",
+        "timezone = 'UTC'",
+    ]
+    if not durable:
+        # Throwaway test servers: durability buys nothing and costs seconds of fsync.
+        settings += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+    with open(data_dir / "postgresql.conf", "a") as conf:
+        conf.write("\n# ledger local server\n" + "\n".join(settings) + "\n")
+
+
+def ensure_server(
+    data_dir: Path, *, bin_dir: str | None = None, durable: bool = True, preferred_port: int | None = None
+) -> LocalServer:
+    """Start the server on `data_dir` unless it is already running; initialise it on first use."""
+    data_dir = data_dir.resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The server user must be able to reach its data directory through every parent.
+    for parent in [data_dir.parent, *data_dir.parent.parents]:
+        if os.geteuid() == 0 and not os.stat(parent).st_mode & 0o001:
+            if parent == data_dir.parent:
+                os.chmod(parent, 0o755)
+            else:
+                raise LocalServerError(
+                    f"{parent} is not searchable by the '{SERVER_USER}' user the local server runs as; "
+                    "run from another folder or set LEDGER_DATABASE_URL"
+                )
+    lock_path = data_dir.parent / (data_dir.name + ".lock")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes starting the same server at once
+        port = _running_port(data_dir)
+        if port is not None:
+            return LocalServer(data_dir, port)
+        binaries = find_bin_dir(bin_dir)
+        if not (data_dir / "PG_VERSION").exists():
+            _init(binaries, data_dir, durable)
+        port_file = data_dir.parent / (data_dir.name + ".port")
+        port = preferred_port or (int(port_file.read_text()) if port_file.exists() else 0)
+        if not port or not _port_is_free(port):
+            port = _free_port()
+        port_file.write_text(str(port))
+        log_file = data_dir.parent / (data_dir.name + ".log")
+        log_file.touch()
+        _chown_to_server_user(log_file)
+        _run(
+            [*_as_server_user(), str(binaries / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file),
+             "-o", f"-p {port}", "-w", "-t", "60", "start"],
+            f"starting PostgreSQL on {data_dir} (log: {log_file})",
+        )
+        return LocalServer(data_dir, port)
+
+
+def stop_server(data_dir: Path, *, bin_dir: str | None = None) -> None:
+    """Stop the server on `data_dir` if it runs (fast shutdown)."""
+    if _running_port(data_dir.resolve()) is None:
+        return
+    _run(
+        [*_as_server_user(), str(find_bin_dir(bin_dir) / "pg_ctl"), "-D", str(data_dir.resolve()),
+         "-m", "fast", "-w", "stop"],
+        "stopping PostgreSQL",
+    )

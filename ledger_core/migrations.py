@@ -1,0 +1,139 @@
+"""Versioned schema migrations.
+
+Each component (the ledger core, the pipelines registry) owns an ordered list of SQL steps. A step is
+applied once, inside one transaction together with its row in `ledger_core.schema_migrations`, under an
+advisory lock so two processes starting at once do not race. Steps are append-only: a released step is
+never edited, a change is a new step, so an existing database upgrades in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+_LOCK_KEY = 7_245_113_001  # arbitrary, constant: the advisory lock that serialises migrations
+
+CORE_MIGRATIONS: Sequence[str] = (
+    # 1: ledgers, the log, transactions, accounts, volumes and moves.
+    """
+    CREATE TABLE ledger_core.ledgers (
+        name                text PRIMARY KEY,
+        created_at          timestamptz NOT NULL DEFAULT now(),
+        metadata            jsonb NOT NULL DEFAULT '{}',
+        last_log_id         bigint NOT NULL DEFAULT 0,
+        last_log_hash       bytea,
+        last_log_date       timestamptz,
+        last_transaction_id bigint NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE ledger_core.logs (
+        ledger           text NOT NULL REFERENCES ledger_core.ledgers(name),
+        id               bigint NOT NULL,
+        type             text NOT NULL,
+        date             timestamptz NOT NULL,
+        idempotency_key  text,
+        idempotency_hash bytea,
+        data             jsonb NOT NULL,
+        hash             bytea NOT NULL,
+        PRIMARY KEY (ledger, id)
+    );
+    CREATE UNIQUE INDEX logs_idempotency_key ON ledger_core.logs (ledger, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+
+    CREATE TABLE ledger_core.transactions (
+        ledger              text NOT NULL REFERENCES ledger_core.ledgers(name),
+        id                  bigint NOT NULL,
+        timestamp           timestamptz NOT NULL,
+        inserted_at         timestamptz NOT NULL,
+        reference           text,
+        metadata            jsonb NOT NULL DEFAULT '{}',
+        postings            jsonb NOT NULL,
+        pre_commit_volumes  jsonb NOT NULL,
+        post_commit_volumes jsonb NOT NULL,
+        reverted_at         timestamptz,
+        log_id              bigint NOT NULL,
+        PRIMARY KEY (ledger, id)
+    );
+    CREATE UNIQUE INDEX transactions_reference ON ledger_core.transactions (ledger, reference)
+        WHERE reference IS NOT NULL;
+    CREATE INDEX transactions_timestamp ON ledger_core.transactions (ledger, timestamp);
+
+    CREATE TABLE ledger_core.accounts (
+        ledger         text NOT NULL REFERENCES ledger_core.ledgers(name),
+        address        text NOT NULL,
+        metadata       jsonb NOT NULL DEFAULT '{}',
+        first_usage    timestamptz,
+        insertion_date timestamptz NOT NULL,
+        updated_at     timestamptz NOT NULL,
+        PRIMARY KEY (ledger, address)
+    );
+
+    -- Current volumes per account and asset; the row is what writers lock.
+    CREATE TABLE ledger_core.volumes (
+        ledger             text NOT NULL REFERENCES ledger_core.ledgers(name),
+        account            text NOT NULL,
+        asset              text NOT NULL,
+        input              numeric NOT NULL DEFAULT 0 CHECK (input >= 0),
+        output             numeric NOT NULL DEFAULT 0 CHECK (output >= 0),
+        max_effective_date timestamptz,
+        PRIMARY KEY (ledger, account, asset)
+    );
+
+    -- One row per account side of a posting, with the account's volumes after it in insertion order
+    -- (post_commit_*) and in effective order (post_commit_effective_*): the two point-in-time views.
+    CREATE TABLE ledger_core.moves (
+        seq                          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        ledger                       text NOT NULL,
+        transaction_id               bigint NOT NULL,
+        posting_index                integer NOT NULL,
+        account                      text NOT NULL,
+        asset                        text NOT NULL,
+        amount                       numeric NOT NULL CHECK (amount >= 0),
+        is_source                    boolean NOT NULL,
+        effective_date               timestamptz NOT NULL,
+        insertion_date               timestamptz NOT NULL,
+        post_commit_input            numeric NOT NULL,
+        post_commit_output           numeric NOT NULL,
+        post_commit_effective_input  numeric,
+        post_commit_effective_output numeric
+    );
+    CREATE INDEX moves_effective ON ledger_core.moves (ledger, account, asset, effective_date, seq);
+    CREATE INDEX moves_insertion ON ledger_core.moves (ledger, account, asset, seq);
+    CREATE INDEX moves_transaction ON ledger_core.moves (ledger, transaction_id);
+    CREATE INDEX moves_account_tx ON ledger_core.moves (ledger, account, transaction_id);
+    """,
+)
+
+
+def migrate(conn: psycopg.Connection, component: str, steps: Sequence[str], schema: str) -> int:
+    """Apply the steps of `component` that the database lacks; return how many were applied."""
+    applied = 0
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        conn.execute("CREATE SCHEMA IF NOT EXISTS ledger_core")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS ledger_core.schema_migrations (
+                   component text NOT NULL, version integer NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (component, version))"""
+        )
+        row = conn.execute(
+            "SELECT coalesce(max(version), 0) FROM ledger_core.schema_migrations WHERE component = %s",
+            (component,),
+        ).fetchone()
+        current = int(row[0]) if row else 0
+        for version, sql in enumerate(steps, start=1):
+            if version <= current:
+                continue
+            conn.execute(sql)
+            conn.execute(
+                "INSERT INTO ledger_core.schema_migrations (component, version) VALUES (%s, %s)",
+                (component, version),
+            )
+            applied += 1
+    return applied
+
+
+def migrate_core(conn: psycopg.Connection) -> int:
+    return migrate(conn, "core", CORE_MIGRATIONS, "ledger_core")

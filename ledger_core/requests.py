@@ -1,0 +1,227 @@
+"""Write requests, parsed and validated from their Formance v2 JSON before any database work.
+
+A request is a frozen dataclass; `fingerprint()` is what idempotency compares: the same key with the
+same fingerprint is a replay, with another fingerprint a conflict.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ledger_core import validation as v
+from ledger_core.errors import ValidationError
+from ledger_core.models import Posting, TargetType
+from ledger_core.validation import format_timestamp
+
+# Account metadata keys that set an account's overdraft rule: for every asset, or for one asset.
+OVERDRAFT_KEY = "ledger/overdraft"
+UNBOUNDED = "unbounded"
+
+
+def parse_json(text: str, *, what: str = "body") -> Any:
+    """Parse JSON keeping every number exact: a non-integer number is refused, never turned into a float."""
+
+    def refuse_float(literal: str) -> Decimal:
+        return Decimal(literal)  # kept as Decimal so the amount validator names it in its error
+
+    try:
+        return json.loads(text, parse_float=refuse_float)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"invalid JSON: {exc}", field=what) from None
+
+
+def overdraft_rule(value: str, *, field: str) -> int | None:
+    """Validate an overdraft rule value: 'unbounded' (None) or a non-negative integer bound."""
+    if value == UNBOUNDED:
+        return None
+    return v.amount(value, field=field)
+
+
+def _check_overdraft_metadata(metadata: Mapping[str, str], field: str) -> None:
+    for key, value in metadata.items():
+        if key == OVERDRAFT_KEY or key.startswith(OVERDRAFT_KEY + "/"):
+            if key != OVERDRAFT_KEY:
+                v.asset(key[len(OVERDRAFT_KEY) + 1 :], field=f"{field}.{key}")
+            overdraft_rule(value, field=f"{field}.{key}")
+
+
+@dataclass(frozen=True)
+class PostingRequest:
+    """A posting with its optional overdraft permission for the source."""
+
+    posting: Posting
+    allow_overdraft: bool = False  # unbounded overdraft for this posting's source
+    overdraft_limit: int | None = None  # the source may go down to -limit for this posting
+
+    @classmethod
+    def from_json(cls, data: Any, index: int) -> PostingRequest:
+        where = f"postings[{index}]"
+        if not isinstance(data, Mapping):
+            raise ValidationError("must be an object", field=where)
+        unknown = set(data) - {"source", "destination", "amount", "asset", "allowOverdraft", "overdraftLimit"}
+        if unknown:
+            raise ValidationError(f"unknown field(s) {sorted(unknown)}", field=where)
+        for name in ("source", "destination", "amount", "asset"):
+            if name not in data:
+                raise ValidationError("is required", field=f"{where}.{name}")
+        allow = data.get("allowOverdraft", False)
+        if not isinstance(allow, bool):
+            raise ValidationError("must be true or false", field=f"{where}.allowOverdraft")
+        limit = data.get("overdraftLimit")
+        return cls(
+            Posting(
+                source=v.address(data["source"], field=f"{where}.source"),
+                destination=v.address(data["destination"], field=f"{where}.destination"),
+                amount=v.amount(data["amount"], field=f"{where}.amount"),
+                asset=v.asset(data["asset"], field=f"{where}.asset"),
+            ),
+            allow_overdraft=allow,
+            overdraft_limit=None if limit is None else v.amount(limit, field=f"{where}.overdraftLimit"),
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.posting.to_json(), "amount": str(self.posting.amount),
+                "allowOverdraft": self.allow_overdraft,
+                "overdraftLimit": None if self.overdraft_limit is None else str(self.overdraft_limit)}
+
+
+@dataclass(frozen=True)
+class NewTransaction:
+    postings: tuple[PostingRequest, ...]
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    reference: str | None = None
+    timestamp: datetime | None = None
+    account_metadata: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    force: bool = False  # skip balance checks, as Formance's `force`
+
+    @classmethod
+    def from_json(cls, body: Any, *, idempotency_key: str | None = None, force: bool = False) -> NewTransaction:
+        if not isinstance(body, Mapping):
+            raise ValidationError("must be a JSON object", field="body")
+        unknown = set(body) - {"postings", "metadata", "reference", "timestamp", "accountMetadata", "force"}
+        if unknown:
+            raise ValidationError(f"unknown field(s) {sorted(unknown)}", field="body")
+        postings = body.get("postings")
+        if not isinstance(postings, list) or not postings:
+            raise ValidationError("a transaction needs at least one posting", field="postings")
+        account_metadata = body.get("accountMetadata") or {}
+        if not isinstance(account_metadata, Mapping):
+            raise ValidationError("must be an object of address to metadata", field="accountMetadata")
+        checked_accounts: dict[str, dict[str, str]] = {}
+        for address, meta in account_metadata.items():
+            where = f"accountMetadata.{address}"
+            checked = v.metadata(meta, field=where)
+            _check_overdraft_metadata(checked, where)
+            checked_accounts[v.address(address, field="accountMetadata")] = checked
+        body_force = body.get("force", False)
+        if not isinstance(body_force, bool):
+            raise ValidationError("must be true or false", field="force")
+        return cls(
+            postings=tuple(PostingRequest.from_json(p, i) for i, p in enumerate(postings)),
+            metadata=v.metadata(body.get("metadata")),
+            reference=v.reference(body.get("reference")),
+            timestamp=None if body.get("timestamp") is None else v.timestamp(body["timestamp"]),
+            account_metadata=checked_accounts,
+            idempotency_key=_idempotency_key(idempotency_key),
+            force=force or body_force,
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "kind": "NEW_TRANSACTION",
+            "postings": [p.fingerprint() for p in self.postings],
+            "metadata": dict(self.metadata),
+            "reference": self.reference,
+            "timestamp": format_timestamp(self.timestamp) if self.timestamp else None,
+            "accountMetadata": {k: dict(m) for k, m in self.account_metadata.items()},
+            "force": self.force,
+        }
+
+
+@dataclass(frozen=True)
+class RevertTransaction:
+    transaction_id: int
+    force: bool = False
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.transaction_id, bool) or not isinstance(self.transaction_id, int) \
+                or self.transaction_id < 0:
+            raise ValidationError("must be a non-negative integer", field="transaction id")
+        _idempotency_key(self.idempotency_key)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": "REVERTED_TRANSACTION", "id": self.transaction_id, "force": self.force}
+
+
+def _target(target_type: Any, target_id: Any) -> tuple[TargetType, str | int]:
+    try:
+        kind = TargetType(target_type)
+    except ValueError:
+        raise ValidationError("must be ACCOUNT or TRANSACTION", field="targetType") from None
+    if kind is TargetType.ACCOUNT:
+        return kind, v.address(target_id, field="targetId")
+    if isinstance(target_id, str) and target_id.isdigit():
+        target_id = int(target_id)
+    if isinstance(target_id, bool) or not isinstance(target_id, int) or target_id < 0:
+        raise ValidationError("must be a transaction id", field="targetId")
+    return kind, target_id
+
+
+@dataclass(frozen=True)
+class SetMetadata:
+    target_type: TargetType
+    target_id: str | int
+    metadata: Mapping[str, str]
+    idempotency_key: str | None = None
+
+    @classmethod
+    def build(cls, target_type: Any, target_id: Any, metadata: Any,
+              idempotency_key: str | None = None) -> SetMetadata:
+        kind, target = _target(target_type, target_id)
+        checked = v.metadata(metadata)
+        if not checked:
+            raise ValidationError("must set at least one key", field="metadata")
+        if kind is TargetType.ACCOUNT:
+            _check_overdraft_metadata(checked, "metadata")
+        return cls(kind, target, checked, _idempotency_key(idempotency_key))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": "SET_METADATA", "targetType": str(self.target_type), "targetId": self.target_id,
+                "metadata": dict(self.metadata)}
+
+
+@dataclass(frozen=True)
+class DeleteMetadata:
+    target_type: TargetType
+    target_id: str | int
+    key: str
+    idempotency_key: str | None = None
+
+    @classmethod
+    def build(cls, target_type: Any, target_id: Any, key: Any, idempotency_key: str | None = None) -> DeleteMetadata:
+        kind, target = _target(target_type, target_id)
+        if not isinstance(key, str) or not key:
+            raise ValidationError("must be a non-empty string", field="key")
+        return cls(kind, target, key, _idempotency_key(idempotency_key))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": "DELETE_METADATA", "targetType": str(self.target_type), "targetId": self.target_id,
+                "key": self.key}
+
+
+Command = NewTransaction | RevertTransaction | SetMetadata | DeleteMetadata
+
+
+def _idempotency_key(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key or len(key) > 256:
+        raise ValidationError("must be a non-empty string of at most 256 characters", field="idempotency key")
+    return key

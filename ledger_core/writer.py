@@ -1,0 +1,577 @@
+"""The one write path: every change to a ledger goes through `write()`.
+
+A call applies a list of commands (one for a single write, thousands for a bulk) in one database
+transaction, all or nothing, and appends one log entry per command in that same transaction.
+
+Locking, in this order, so that no two writers can wait on each other in a cycle:
+1. the (account, asset) volume rows the commands touch, in sorted order (rows are created first if new);
+2. the ledger's row, which serialises the log tail: log ids are allocated, hashed and committed one
+   writer at a time, so per ledger they are contiguous and become visible in id order. A reader that
+   takes `id > cursor` therefore never skips a log that commits later (the pipelines rely on this).
+Then everything is computed in memory and written with a handful of set-based statements, so a bulk of
+thousands of transactions costs one commit and a constant number of round trips.
+
+Deadlocks and serialization failures (which the order above makes rare) are retried with backoff and
+never reach the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ledger_core import hashing
+from ledger_core.errors import (
+    AlreadyReverted,
+    IdempotencyConflict,
+    InsufficientFunds,
+    LedgerNotFound,
+    ReferenceConflict,
+    TransactionNotFound,
+)
+from ledger_core.models import (
+    Log,
+    LogType,
+    Posting,
+    TargetType,
+    Transaction,
+    Volumes,
+    volumes_to_json,
+)
+from ledger_core.reads import transaction_from_json, transaction_from_row
+from ledger_core.requests import (
+    OVERDRAFT_KEY,
+    Command,
+    DeleteMetadata,
+    NewTransaction,
+    PostingRequest,
+    RevertTransaction,
+    SetMetadata,
+    overdraft_rule,
+)
+from ledger_core.validation import WORLD, ledger_name
+
+REVERTS_METADATA_KEY = "com.formance.spec/state/reverts"
+MAX_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one command produced: its log, the transaction it created (if any), and whether it was a replay."""
+
+    log: Log
+    transaction: Transaction | None
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        if self.transaction is not None:
+            return self.transaction.to_json()
+        return {"log": self.log.to_json()}
+
+
+def write(
+    conn: psycopg.Connection, ledger: str, commands: Sequence[Command], *, dry_run: bool = False
+) -> list[WriteResult]:
+    """Apply `commands` atomically and return one result per command.
+
+    With `dry_run`, everything is validated and computed (ids, volumes, hashes) and then rolled back.
+    """
+    ledger_name(ledger)
+    if not commands:
+        return []
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            with conn.transaction():
+                results = _Batch(conn, ledger, commands).run()
+                if dry_run:
+                    raise psycopg.Rollback()  # swallowed by the block after rolling back
+            return results
+        except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
+            if attempt == MAX_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
+        except pg_errors.UniqueViolation as exc:
+            # Backstops for races the ledger lock already prevents; translated, never shown raw.
+            constraint = exc.diag.constraint_name or ""
+            if constraint == "transactions_reference":
+                raise ReferenceConflict("(concurrent write)") from None
+            if constraint == "logs_idempotency_key":
+                raise IdempotencyConflict("(concurrent write)") from None
+            raise
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _AccountState:
+    metadata: dict[str, str]
+    first_usage: datetime | None
+    insertion_date: datetime | None
+    dirty: bool = False
+
+
+@dataclass
+class _VolumeState:
+    input: int
+    output: int
+    max_effective_date: datetime | None
+    backdated_from: datetime | None = None  # earliest effective date written behind the newest one
+
+    @property
+    def balance(self) -> int:
+        return self.input - self.output
+
+
+@dataclass
+class _TransactionRow:
+    transaction: Transaction
+    metadata: dict[str, str]
+    reverted_at: datetime | None
+    log_id: int
+
+
+@dataclass
+class _Batch:
+    conn: psycopg.Connection
+    ledger: str
+    commands: Sequence[Command]
+    volumes: dict[tuple[str, str], _VolumeState] = field(default_factory=dict)
+    accounts: dict[str, _AccountState] = field(default_factory=dict)
+    originals: dict[int, _TransactionRow] = field(default_factory=dict)  # existing txs this batch touches
+    new_transactions: dict[int, _TransactionRow] = field(default_factory=dict)
+    moves: list[tuple[Any, ...]] = field(default_factory=list)
+    logs: list[tuple[Any, ...]] = field(default_factory=list)
+    results: list[WriteResult] = field(default_factory=list)
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def run(self) -> list[WriteResult]:
+        exists = self.conn.execute("SELECT 1 FROM ledger_core.ledgers WHERE name = %s", (self.ledger,))
+        if exists.fetchone() is None:
+            raise LedgerNotFound(self.ledger)
+        self._load_originals()
+        self._lock_volumes()
+        self._lock_ledger()
+        self._check_conflicts()
+        self._load_accounts()
+        for index, command in enumerate(self.commands):
+            self._apply(index, command)
+        self._flush()
+        return self.results
+
+    def _load_originals(self) -> None:
+        ids = {c.transaction_id for c in self.commands if isinstance(c, RevertTransaction)}
+        ids |= {c.target_id for c in self.commands
+                if isinstance(c, SetMetadata | DeleteMetadata) and c.target_type is TargetType.TRANSACTION
+                and isinstance(c.target_id, int)}
+        if not ids:
+            return
+        rows = self.conn.execute(
+            """SELECT id, timestamp, inserted_at, reference, metadata, postings, pre_commit_volumes,
+                      post_commit_volumes, reverted_at, log_id
+               FROM ledger_core.transactions WHERE ledger = %s AND id = ANY(%s)""",
+            (self.ledger, sorted(ids)),
+        ).fetchall()
+        for row in rows:
+            tx = transaction_from_row(row)
+            self.originals[tx.id] = _TransactionRow(tx, dict(tx.metadata), tx.reverted_at, row[9])
+
+    def _touched_pairs(self) -> set[tuple[str, str]]:
+        pairs: set[tuple[str, str]] = set()
+        for command in self.commands:
+            postings: Iterable[Posting] = ()
+            if isinstance(command, NewTransaction):
+                postings = (p.posting for p in command.postings)
+            elif isinstance(command, RevertTransaction) and command.transaction_id in self.originals:
+                postings = self.originals[command.transaction_id].transaction.postings
+            for p in postings:
+                pairs.add((p.source, p.asset))
+                pairs.add((p.destination, p.asset))
+        return pairs
+
+    def _lock_volumes(self) -> None:
+        pairs = sorted(self._touched_pairs())
+        if not pairs:
+            return
+        accounts = [a for a, _ in pairs]
+        assets = [s for _, s in pairs]
+        self.conn.execute(
+            """INSERT INTO ledger_core.volumes (ledger, account, asset)
+               SELECT %s, a, s FROM unnest(%s::text[], %s::text[]) AS u(a, s) ORDER BY a, s
+               ON CONFLICT DO NOTHING""",
+            (self.ledger, accounts, assets),
+        )
+        rows = self.conn.execute(
+            """SELECT v.account, v.asset, v.input::text, v.output::text, v.max_effective_date
+               FROM ledger_core.volumes v JOIN unnest(%s::text[], %s::text[]) AS u(a, s)
+                 ON v.account = u.a AND v.asset = u.s
+               WHERE v.ledger = %s ORDER BY v.account, v.asset FOR UPDATE OF v""",
+            (accounts, assets, self.ledger),
+        ).fetchall()
+        for account, asset, input_, output, max_eff in rows:
+            self.volumes[(account, asset)] = _VolumeState(int(input_), int(output), max_eff)
+
+    def _lock_ledger(self) -> None:
+        row = self.conn.execute(
+            """SELECT last_log_id, last_log_hash, last_transaction_id,
+                      greatest(clock_timestamp(), last_log_date)
+               FROM ledger_core.ledgers WHERE name = %s FOR UPDATE""",
+            (self.ledger,),
+        ).fetchone()
+        assert row is not None
+        self.last_log_id: int = row[0]
+        self.last_hash: bytes | None = bytes(row[1]) if row[1] is not None else None
+        self.last_transaction_id: int = row[2]
+        self.date: datetime = row[3]
+
+    def _check_conflicts(self) -> None:
+        """Read, under the ledger lock, what decides idempotency, references and reverts."""
+        keys = sorted({c.idempotency_key for c in self.commands if c.idempotency_key})
+        self.previous_by_key: dict[str, tuple[bytes, Log]] = {}
+        if keys:
+            rows = self.conn.execute(
+                """SELECT idempotency_key, idempotency_hash, id, type, date, data, hash
+                   FROM ledger_core.logs WHERE ledger = %s AND idempotency_key = ANY(%s)""",
+                (self.ledger, keys),
+            ).fetchall()
+            for key, fingerprint, log_id, log_type, date, data, hash_ in rows:
+                log = Log(self.ledger, log_id, LogType(log_type), date, data, bytes(hash_), key)
+                self.previous_by_key[key] = (bytes(fingerprint), log)
+        references = sorted({c.reference for c in self.commands if isinstance(c, NewTransaction) and c.reference})
+        self.taken_references: dict[str, int] = {}
+        if references:
+            rows = self.conn.execute(
+                "SELECT reference, id FROM ledger_core.transactions WHERE ledger = %s AND reference = ANY(%s)",
+                (self.ledger, references),
+            ).fetchall()
+            self.taken_references = {ref: tx_id for ref, tx_id in rows}
+        if self.originals:
+            # Re-read what may have changed while we waited for the lock.
+            rows = self.conn.execute(
+                "SELECT id, reverted_at, metadata FROM ledger_core.transactions WHERE ledger = %s AND id = ANY(%s)",
+                (self.ledger, sorted(self.originals)),
+            ).fetchall()
+            for tx_id, reverted_at, metadata in rows:
+                self.originals[tx_id].reverted_at = reverted_at
+                self.originals[tx_id].metadata = dict(metadata)
+
+    def _load_accounts(self) -> None:
+        addresses: set[str] = {a for a, _ in self.volumes}
+        for command in self.commands:
+            if isinstance(command, NewTransaction):
+                addresses |= set(command.account_metadata)
+            elif isinstance(command, SetMetadata | DeleteMetadata) and command.target_type is TargetType.ACCOUNT:
+                addresses.add(str(command.target_id))
+        if not addresses:
+            return
+        rows = self.conn.execute(
+            """SELECT address, metadata, first_usage, insertion_date FROM ledger_core.accounts
+               WHERE ledger = %s AND address = ANY(%s)""",
+            (self.ledger, sorted(addresses)),
+        ).fetchall()
+        for address, metadata, first_usage, insertion_date in rows:
+            self.accounts[address] = _AccountState(dict(metadata), first_usage, insertion_date)
+
+    # -- applying one command -------------------------------------------------------------------------
+
+    def _apply(self, index: int, command: Command) -> None:
+        fingerprint = hashing.request_hash(command.fingerprint())
+        key = command.idempotency_key
+        if key and key in self.previous_by_key:
+            previous_fingerprint, log = self.previous_by_key[key]
+            if previous_fingerprint != fingerprint:
+                raise IdempotencyConflict(key)
+            self.results.append(WriteResult(log, _transaction_of(log), replayed=True))
+            return
+        if isinstance(command, NewTransaction):
+            log_type, data, tx = self._new_transaction(index, command)
+        elif isinstance(command, RevertTransaction):
+            log_type, data, tx = self._revert(index, command)
+        elif isinstance(command, SetMetadata):
+            (log_type, data), tx = self._set_metadata(command), None
+        else:
+            (log_type, data), tx = self._delete_metadata(command), None
+        log = self._append_log(log_type, data, key, fingerprint)
+        if key:
+            self.previous_by_key[key] = (fingerprint, log)
+        self.results.append(WriteResult(log, tx))
+
+    def _append_log(self, log_type: LogType, data: dict[str, Any], key: str | None, fingerprint: bytes) -> Log:
+        self.last_log_id += 1
+        canonical = hashing.canonical_bytes(
+            ledger=self.ledger, log_id=self.last_log_id, log_type=str(log_type), date=self.date, data=data,
+            idempotency_key=key,
+        )
+        self.last_hash = hashing.chain_hash(self.last_hash, canonical)
+        self.logs.append((self.ledger, self.last_log_id, str(log_type), self.date, key,
+                          fingerprint if key else None, json.dumps(data), self.last_hash))
+        return Log(self.ledger, self.last_log_id, log_type, self.date, data, self.last_hash, key)
+
+    def _touch_account(self, address: str, effective: datetime | None) -> _AccountState:
+        state = self.accounts.get(address)
+        if state is None:
+            state = self.accounts[address] = _AccountState({}, effective, self.date)
+        elif effective is not None and (state.first_usage is None or effective < state.first_usage):
+            state.first_usage = effective
+        state.dirty = True
+        return state
+
+    def _overdraft_floor(self, index: int, request: PostingRequest, force: bool) -> int | None:
+        """The lowest balance the source may reach with this posting; None means unbounded."""
+        source, asset = request.posting.source, request.posting.asset
+        if force or source == WORLD or request.allow_overdraft:
+            return None
+        if request.overdraft_limit is not None:
+            return -request.overdraft_limit
+        metadata = self.accounts[source].metadata if source in self.accounts else {}
+        rule = metadata.get(f"{OVERDRAFT_KEY}/{asset}", metadata.get(OVERDRAFT_KEY))
+        if rule is None:
+            return 0
+        bound = overdraft_rule(rule, field=f"account {source} metadata {OVERDRAFT_KEY}")
+        return None if bound is None else -bound
+
+    def _post(self, index: int, transaction_id: int, timestamp: datetime,
+              postings: Sequence[PostingRequest], force: bool) -> tuple[dict, dict]:
+        """Apply postings in order, checking each source's balance; return pre and post volumes."""
+        touched: list[tuple[str, str]] = []
+        for request in postings:
+            p = request.posting
+            for pair in ((p.source, p.asset), (p.destination, p.asset)):
+                if pair not in touched:
+                    touched.append(pair)
+        pre: dict[str, dict[str, Volumes]] = {}
+        for account, asset in touched:
+            state = self.volumes[(account, asset)]
+            pre.setdefault(account, {})[asset] = Volumes(state.input, state.output)
+        for posting_index, request in enumerate(postings):
+            p = request.posting
+            source = self.volumes[(p.source, p.asset)]
+            floor = self._overdraft_floor(index, request, force)
+            if floor is not None and source.balance - p.amount < floor:
+                raise InsufficientFunds(p.source, p.asset, source.balance, p.amount,
+                                        transaction_index=index + 1 if len(self.commands) > 1 else 0)
+            source.output += p.amount
+            self._move(transaction_id, posting_index, p.source, p.asset, p.amount, True, timestamp, source)
+            destination = self.volumes[(p.destination, p.asset)]
+            destination.input += p.amount
+            self._move(transaction_id, posting_index, p.destination, p.asset, p.amount, False, timestamp,
+                       destination)
+        post: dict[str, dict[str, Volumes]] = {}
+        for account, asset in touched:
+            state = self.volumes[(account, asset)]
+            post.setdefault(account, {})[asset] = Volumes(state.input, state.output)
+        for account, _ in touched:
+            self._touch_account(account, timestamp)
+        return pre, post
+
+    def _move(self, transaction_id: int, posting_index: int, account: str, asset: str, amount: int,
+              is_source: bool, effective: datetime, state: _VolumeState) -> None:
+        # Effective-order volumes equal the running totals while moves arrive in effective order; a move
+        # dated before the newest one is recomputed in SQL at flush time (see _recompute_effective).
+        in_order = state.max_effective_date is None or effective >= state.max_effective_date
+        if in_order:
+            state.max_effective_date = effective
+        elif state.backdated_from is None or effective < state.backdated_from:
+            state.backdated_from = effective
+        self.moves.append((
+            self.ledger, transaction_id, posting_index, account, asset, amount, is_source, effective,
+            self.date, state.input, state.output,
+            state.input if in_order else None, state.output if in_order else None,
+        ))
+
+    def _new_transaction(self, index: int, command: NewTransaction) -> tuple[LogType, dict, Transaction]:
+        if command.reference:
+            if command.reference in self.taken_references:
+                raise ReferenceConflict(command.reference, self.taken_references[command.reference])
+        self.last_transaction_id += 1
+        tx_id = self.last_transaction_id
+        if command.reference:
+            self.taken_references[command.reference] = tx_id
+        timestamp = command.timestamp or self.date
+        pre, post = self._post(index, tx_id, timestamp, command.postings, command.force)
+        for address, metadata in command.account_metadata.items():
+            self._touch_account(address, None).metadata.update(metadata)
+        tx = Transaction(
+            id=tx_id, postings=tuple(r.posting for r in command.postings), metadata=dict(command.metadata),
+            timestamp=timestamp, inserted_at=self.date, reference=command.reference,
+            pre_commit_volumes=pre, post_commit_volumes=post,
+        )
+        self.new_transactions[tx_id] = _TransactionRow(tx, dict(command.metadata), None, self.last_log_id + 1)
+        data = {"transaction": tx.to_json(),
+                "accountMetadata": {a: dict(m) for a, m in command.account_metadata.items()}}
+        return LogType.NEW_TRANSACTION, data, tx
+
+    def _find_transaction(self, tx_id: int) -> _TransactionRow:
+        row = self.new_transactions.get(tx_id) or self.originals.get(tx_id)
+        if row is None:
+            raise TransactionNotFound(self.ledger, tx_id)
+        return row
+
+    def _revert(self, index: int, command: RevertTransaction) -> tuple[LogType, dict, Transaction]:
+        original = self._find_transaction(command.transaction_id)
+        if original.reverted_at is not None:
+            raise AlreadyReverted(command.transaction_id)
+        reversed_postings = tuple(
+            PostingRequest(Posting(p.destination, p.source, p.amount, p.asset))
+            for p in reversed(original.transaction.postings)
+        )
+        self.last_transaction_id += 1
+        tx_id = self.last_transaction_id
+        pre, post = self._post(index, tx_id, self.date, reversed_postings, command.force)
+        metadata = {REVERTS_METADATA_KEY: str(command.transaction_id)}
+        tx = Transaction(id=tx_id, postings=tuple(r.posting for r in reversed_postings), metadata=metadata,
+                         timestamp=self.date, inserted_at=self.date, pre_commit_volumes=pre,
+                         post_commit_volumes=post)
+        self.new_transactions[tx_id] = _TransactionRow(tx, dict(metadata), None, self.last_log_id + 1)
+        original.reverted_at = self.date
+        original.log_id = self.last_log_id + 1
+        reverted = _current(original)
+        data = {"revertedTransaction": reverted.to_json(), "transaction": tx.to_json()}
+        return LogType.REVERTED_TRANSACTION, data, tx
+
+    def _metadata_target(self, command: SetMetadata | DeleteMetadata) -> dict[str, str]:
+        if command.target_type is TargetType.ACCOUNT:
+            return self._touch_account(str(command.target_id), None).metadata
+        row = self._find_transaction(int(command.target_id))
+        row.log_id = self.last_log_id + 1
+        return row.metadata
+
+    def _set_metadata(self, command: SetMetadata) -> tuple[LogType, dict]:
+        self._metadata_target(command).update(command.metadata)
+        return LogType.SET_METADATA, {"targetType": str(command.target_type), "targetId": command.target_id,
+                                      "metadata": dict(command.metadata)}
+
+    def _delete_metadata(self, command: DeleteMetadata) -> tuple[LogType, dict]:
+        self._metadata_target(command).pop(command.key, None)
+        return LogType.DELETE_METADATA, {"targetType": str(command.target_type), "targetId": command.target_id,
+                                         "key": command.key}
+
+    # -- writing --------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        conn = self.conn
+        if self.moves:
+            with conn.cursor().copy(
+                """COPY ledger_core.moves (ledger, transaction_id, posting_index, account, asset, amount,
+                       is_source, effective_date, insertion_date, post_commit_input, post_commit_output,
+                       post_commit_effective_input, post_commit_effective_output) FROM STDIN"""
+            ) as copy:
+                for move in self.moves:
+                    copy.write_row(move)
+        if self.new_transactions:
+            with conn.cursor().copy(
+                """COPY ledger_core.transactions (ledger, id, timestamp, inserted_at, reference, metadata,
+                       postings, pre_commit_volumes, post_commit_volumes, reverted_at, log_id) FROM STDIN"""
+            ) as copy:
+                for row in self.new_transactions.values():
+                    tx = row.transaction
+                    copy.write_row((
+                        self.ledger, tx.id, tx.timestamp, tx.inserted_at, tx.reference, json.dumps(row.metadata),
+                        json.dumps([p.to_json() for p in tx.postings]),
+                        json.dumps(volumes_to_json(tx.pre_commit_volumes)),
+                        json.dumps(volumes_to_json(tx.post_commit_volumes)), row.reverted_at, row.log_id,
+                    ))
+        changed = [row for row in self.originals.values()]
+        if changed:
+            conn.execute(
+                """UPDATE ledger_core.transactions t
+                   SET metadata = u.metadata::jsonb, reverted_at = u.reverted_at, log_id = u.log_id
+                   FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[], %s::bigint[])
+                        AS u(id, metadata, reverted_at, log_id)
+                   WHERE t.ledger = %s AND t.id = u.id""",
+                ([r.transaction.id for r in changed], [json.dumps(r.metadata) for r in changed],
+                 [r.reverted_at for r in changed], [r.log_id for r in changed], self.ledger),
+            )
+        with conn.cursor().copy(
+            """COPY ledger_core.logs (ledger, id, type, date, idempotency_key, idempotency_hash, data, hash)
+               FROM STDIN"""
+        ) as copy:
+            for log_row in self.logs:
+                copy.write_row(log_row)
+        if self.volumes:
+            items = sorted(self.volumes.items())
+            conn.execute(
+                """UPDATE ledger_core.volumes v
+                   SET input = u.input::numeric, output = u.output::numeric, max_effective_date = u.med
+                   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
+                        AS u(account, asset, input, output, med)
+                   WHERE v.ledger = %s AND v.account = u.account AND v.asset = u.asset""",
+                ([a for (a, _), _s in items], [s for (_, s), _s in items], [str(st.input) for _, st in items],
+                 [str(st.output) for _, st in items], [st.max_effective_date for _, st in items], self.ledger),
+            )
+        dirty = sorted((a, s) for a, s in self.accounts.items() if s.dirty)
+        if dirty:
+            conn.execute(
+                """INSERT INTO ledger_core.accounts (ledger, address, metadata, first_usage, insertion_date,
+                                                     updated_at)
+                   SELECT %s, u.address, u.metadata::jsonb, u.first_usage, u.insertion_date, %s
+                   FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+                        AS u(address, metadata, first_usage, insertion_date)
+                   ON CONFLICT (ledger, address) DO UPDATE
+                   SET metadata = excluded.metadata, first_usage = excluded.first_usage,
+                       updated_at = excluded.updated_at""",
+                (self.ledger, self.date, [a for a, _ in dirty], [json.dumps(s.metadata) for _, s in dirty],
+                 [s.first_usage for _, s in dirty], [s.insertion_date or self.date for _, s in dirty]),
+            )
+        self._recompute_effective()
+        conn.execute(
+            """UPDATE ledger_core.ledgers SET last_log_id = %s, last_log_hash = %s, last_log_date = %s,
+                      last_transaction_id = %s WHERE name = %s""",
+            (self.last_log_id, self.last_hash, self.date, self.last_transaction_id, self.ledger),
+        )
+
+    def _recompute_effective(self) -> None:
+        """Rebuild effective-order volumes of every move at or after a backdated one, per account and asset."""
+        backdated = sorted((pair, st.backdated_from) for pair, st in self.volumes.items() if st.backdated_from)
+        if not backdated:
+            return
+        self.conn.execute(
+            """WITH affected AS (
+                   SELECT * FROM unnest(%(accounts)s::text[], %(assets)s::text[], %(froms)s::timestamptz[])
+                       AS u(account, asset, from_date)),
+               base AS (
+                   SELECT a.account, a.asset, a.from_date,
+                          coalesce(b.pci, 0) AS in0, coalesce(b.pco, 0) AS out0
+                   FROM affected a LEFT JOIN LATERAL (
+                       SELECT post_commit_effective_input AS pci, post_commit_effective_output AS pco
+                       FROM ledger_core.moves m
+                       WHERE m.ledger = %(ledger)s AND m.account = a.account AND m.asset = a.asset
+                         AND m.effective_date < a.from_date
+                       ORDER BY m.effective_date DESC, m.seq DESC LIMIT 1) b ON true),
+               running AS (
+                   SELECT m.seq,
+                          base.in0 + sum(CASE WHEN m.is_source THEN 0 ELSE m.amount END) OVER w AS pci,
+                          base.out0 + sum(CASE WHEN m.is_source THEN m.amount ELSE 0 END) OVER w AS pco
+                   FROM base JOIN ledger_core.moves m
+                     ON m.ledger = %(ledger)s AND m.account = base.account AND m.asset = base.asset
+                    AND m.effective_date >= base.from_date
+                   WINDOW w AS (PARTITION BY m.account, m.asset ORDER BY m.effective_date, m.seq
+                                ROWS UNBOUNDED PRECEDING))
+               UPDATE ledger_core.moves m
+               SET post_commit_effective_input = r.pci, post_commit_effective_output = r.pco
+               FROM running r WHERE m.seq = r.seq""",
+            {"accounts": [a for (a, _), _f in backdated], "assets": [s for (_, s), _f in backdated],
+             "froms": [f for _, f in backdated], "ledger": self.ledger},
+        )
+
+
+def _current(row: _TransactionRow) -> Transaction:
+    tx = row.transaction
+    return Transaction(
+        id=tx.id, postings=tx.postings, metadata=dict(row.metadata), timestamp=tx.timestamp,
+        inserted_at=tx.inserted_at, reference=tx.reference, reverted_at=row.reverted_at,
+        pre_commit_volumes=tx.pre_commit_volumes, post_commit_volumes=tx.post_commit_volumes,
+    )
+
+
+def _transaction_of(log: Log) -> Transaction | None:
+    if log.type in (LogType.NEW_TRANSACTION, LogType.REVERTED_TRANSACTION):
+        return transaction_from_json(log.data["transaction"])
+    return None
