@@ -185,7 +185,7 @@ def read_ndjson(path: str) -> Iterator[tuple[int, Any]]:
 
 @tx.command("bulk")
 @click.argument("ledger")
-@click.option("--file", "path", required=True, help="NDJSON: one transaction body or bulk element per line (- for stdin).")
+@click.option("--file", "path", required=True, help="NDJSON file, one body or bulk element a line (- for stdin).")
 @click.option("--dry-run", is_flag=True, help="Validate everything, write nothing.")
 @handles_errors
 def tx_bulk(ledger: str, path: str, dry_run: bool) -> None:

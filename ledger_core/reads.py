@@ -12,7 +12,13 @@ from typing import Any
 import psycopg
 
 from ledger_core import hashing
-from ledger_core.errors import AccountNotFound, ChainBroken, LedgerNotFound, TransactionNotFound, ValidationError
+from ledger_core.errors import (
+    AccountNotFound,
+    ChainBroken,
+    LedgerNotFound,
+    TransactionNotFound,
+    ValidationError,
+)
 from ledger_core.models import (
     Account,
     Balance,

@@ -56,7 +56,7 @@ def asset(value: Any, *, field: str = "asset") -> str:
 def amount(value: Any, *, field: str = "amount") -> int:
     """A non-negative integer of any size, from a JSON integer or a string of digits."""
     # bool is an int subclass; a float or Decimal would mean the caller already lost precision.
-    if isinstance(value, bool) or isinstance(value, float | Decimal):
+    if isinstance(value, (bool, float | Decimal)):
         shown = str(value).lower() if isinstance(value, bool) else str(value)
         raise ValidationError(f"must be a non-negative integer, got {shown}", field=field)
     if isinstance(value, str):

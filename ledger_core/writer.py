@@ -387,9 +387,8 @@ class _Batch:
         ))
 
     def _new_transaction(self, index: int, command: NewTransaction) -> tuple[LogType, dict, Transaction]:
-        if command.reference:
-            if command.reference in self.taken_references:
-                raise ReferenceConflict(command.reference, self.taken_references[command.reference])
+        if command.reference and command.reference in self.taken_references:
+            raise ReferenceConflict(command.reference, self.taken_references[command.reference])
         self.last_transaction_id += 1
         tx_id = self.last_transaction_id
         if command.reference:
