@@ -60,6 +60,7 @@ from ledger_core.requests import (
 from ledger_core.validation import WORLD, ledger_name
 
 REVERTS_METADATA_KEY = "com.formance.spec/state/reverts"
+LOGS_CHANNEL = "ledger_core_logs"  # NOTIFY channel: payload "<ledger>:<last log id>"
 MAX_ATTEMPTS = 20
 
 
@@ -525,6 +526,8 @@ class _Batch:
                       last_transaction_id = %s WHERE name = %s""",
             (self.last_log_id, self.last_hash, self.date, self.last_transaction_id, self.ledger),
         )
+        # Delivered at commit, never for a rolled-back write: lets `sync --follow` wake without polling.
+        conn.execute("SELECT pg_notify(%s, %s)", (LOGS_CHANNEL, f"{self.ledger}:{self.last_log_id}"))
 
     def _recompute_effective(self) -> None:
         """Rebuild effective-order volumes of every move at or after a backdated one, per account and asset."""

@@ -1,0 +1,134 @@
+"""Errors of the pipelines: one root, small named classes with the fields a caller needs."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error the pipelines package raises on purpose."""
+
+    error_code = "PIPELINE"
+
+
+class InvalidExporterConfig(PipelineError):
+    """An exporter's driver or config was refused; nothing was stored."""
+
+    error_code = "VALIDATION"
+
+    def __init__(self, driver: str, message: str):
+        super().__init__(f"invalid config for driver '{driver}': {message}")
+        self.driver = driver
+
+
+class ExporterNotFound(PipelineError):
+    """No exporter with this id."""
+
+    error_code = "NOT_FOUND"
+
+    def __init__(self, exporter_id: str):
+        super().__init__(f"exporter '{exporter_id}' not found")
+        self.exporter_id = exporter_id
+
+
+class ExporterInUse(PipelineError):
+    """An exporter with pipelines attached cannot be deleted."""
+
+    error_code = "CONFLICT"
+
+    def __init__(self, exporter_id: str, pipelines: list[str]):
+        super().__init__(f"exporter '{exporter_id}' still has pipelines: {', '.join(pipelines)}; delete them first")
+        self.exporter_id = exporter_id
+        self.pipelines = pipelines
+
+
+class PipelineNotFound(PipelineError):
+    """No pipeline with this id."""
+
+    error_code = "NOT_FOUND"
+
+    def __init__(self, pipeline_id: str):
+        super().__init__(f"pipeline '{pipeline_id}' not found")
+        self.pipeline_id = pipeline_id
+
+
+class PipelineAlreadyExists(PipelineError):
+    """One (ledger, exporter) pair has at most one pipeline."""
+
+    error_code = "CONFLICT"
+
+    def __init__(self, ledger: str, exporter_id: str, existing_id: str):
+        super().__init__(f"ledger '{ledger}' already has pipeline '{existing_id}' to exporter '{exporter_id}'")
+        self.existing_id = existing_id
+
+
+class PipelineStopped(PipelineError):
+    """The pipeline is stopped; start it before syncing."""
+
+    error_code = "PIPELINE_STOPPED"
+
+    def __init__(self, pipeline_id: str):
+        super().__init__(f"pipeline '{pipeline_id}' is stopped; run `ledgerctl pipelines start {pipeline_id}`")
+        self.pipeline_id = pipeline_id
+
+
+class PipelineBusy(PipelineError):
+    """Another process is syncing this pipeline right now."""
+
+    error_code = "PIPELINE_BUSY"
+
+    def __init__(self, pipeline_id: str):
+        super().__init__(f"pipeline '{pipeline_id}' is being synced by another process")
+        self.pipeline_id = pipeline_id
+
+
+class InvalidReset(PipelineError):
+    """A reset target outside the ledger's log."""
+
+    error_code = "VALIDATION"
+
+
+class MissingSecret(PipelineError):
+    """A config names an environment variable that is not set."""
+
+    error_code = "MISSING_SECRET"
+
+    def __init__(self, driver: str, key: str, variable: str):
+        super().__init__(f"driver '{driver}': '{key}' reads the environment variable {variable}, which is not set")
+        self.variable = variable
+
+
+class ValueOutOfRange(PipelineError):
+    """A money value does not fit the destination's exact type: the pipeline stops rather than round."""
+
+    error_code = "VALUE_OUT_OF_RANGE"
+
+    def __init__(self, log_id: int, table: str, column: str, value: int, digits: int):
+        super().__init__(
+            f"log {log_id}: {table}.{column} = {value} has {len(str(abs(value)))} digits; "
+            f"the destination holds at most {digits} exactly"
+        )
+        self.log_id = log_id
+        self.table = table
+        self.column = column
+        self.value = value
+        self.digits = digits
+
+
+class LogGap(PipelineError):
+    """The log reader saw ids that are not contiguous: never load past a hole."""
+
+    error_code = "LOG_GAP"
+
+    def __init__(self, ledger: str, expected: int, found: int):
+        super().__init__(f"ledger '{ledger}': expected log {expected}, read {found}")
+
+
+class LoadError(PipelineError):
+    """The warehouse refused a load; the cursor did not move."""
+
+    error_code = "LOAD_FAILED"
+
+
+class TransientLoadError(LoadError):
+    """The warehouse could not be reached or timed out; retrying later may succeed."""
+
+    error_code = "LOAD_TRANSIENT"

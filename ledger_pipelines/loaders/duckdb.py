@@ -1,0 +1,119 @@
+"""DuckDB: the embedded default warehouse.
+
+- Bulk path: Arrow tables are scanned in place by DuckDB (registered as views), no row-by-row inserts.
+- Merge: `INSERT … ON CONFLICT (key) DO UPDATE … WHERE excluded.log_id >= log_id` against primary keys,
+  the whole batch and the sync state in one DuckDB transaction.
+- Money: DECIMAL(38,0), DuckDB's widest exact type (Arrow's decimal256 is cast to decimal128 on the way
+  in); a wider value stops the pipeline with ValueOutOfRange naming the log.
+- JSON: the JSON type; timestamps: TIMESTAMPTZ (UTC).
+A DuckDB file admits one writing process at a time, so the loader opens it per sync and closes it after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ledger_pipelines.errors import LoadError, TransientLoadError
+from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState, upsert_sql
+from ledger_pipelines.tables import ALL_TABLES, SYNC_STATE, Kind, Table
+from ledger_pipelines.transforms import Batch
+
+DIALECT = Dialect(
+    name="duckdb",
+    types={Kind.STRING: "VARCHAR", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
+           Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.JSON: "JSON", Kind.MONEY: "DECIMAL(38,0)"},
+    money_digits=38,
+)
+ARROW_MONEY = pa.decimal128(38, 0)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """The one place DuckDB's exceptions become pipeline errors."""
+    try:
+        yield
+    except duckdb.IOException as exc:  # locked or unreachable file: another process holds it
+        raise TransientLoadError(f"duckdb: {exc}") from exc
+    except duckdb.Error as exc:
+        raise LoadError(f"duckdb: {exc}") from exc
+
+
+class DuckDBLoader(Loader):
+    driver = "duckdb"
+    dialect = DIALECT
+    config_fields = (
+        ConfigField("path", str, required=True),
+        ConfigField("schema", str, default="ledger"),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        path = self.config["path"]
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with translate_errors():
+            self.con = duckdb.connect(path)
+            self.con.execute("SET TimeZone = 'UTC'")
+
+    def close(self) -> None:
+        self.con.close()
+
+    def setup(self) -> None:
+        with translate_errors():
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.ident(self.schema)}")
+            for table in ALL_TABLES:
+                self.con.execute(self.create_table_sql(table))
+
+    def _arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
+        """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits)."""
+        for column in table.money_columns:
+            index = data.schema.get_field_index(column)
+            data = data.set_column(index, pa.field(column, ARROW_MONEY), data.column(column).cast(ARROW_MONEY))
+        return data
+
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        key_columns = [k for k in table.key if k != "ledger"]
+        wanted = pa.table({name: [k[i] for k in keys] for i, name in enumerate(key_columns)})
+        join = " AND ".join(f"t.{self.dialect.ident(k)} = w.{self.dialect.ident(k)}" for k in key_columns)
+        with translate_errors():
+            self.con.register("wanted_keys", wanted)
+            try:
+                result = self.con.sql(
+                    f"SELECT t.* FROM {self.qualified(table)} t JOIN wanted_keys w ON {join} WHERE t.ledger = ?",
+                    params=[ledger],
+                ).to_arrow_table()
+            finally:
+                self.con.unregister("wanted_keys")
+        return result.to_pylist()
+
+    def load(self, batch: Batch, state: SyncState) -> None:
+        self.check_money(batch)
+        with translate_errors():
+            self.con.begin()
+            try:
+                for index, (name, data) in enumerate([*batch.tables.items(), (SYNC_STATE.name, state.as_table())]):
+                    table = next(t for t in ALL_TABLES if t.name == name)
+                    self.con.register("staged", self._arrow_in(table, data))
+                    try:
+                        self.con.execute(upsert_sql(self.dialect, self.qualified(table), table, "staged"))
+                    finally:
+                        self.con.unregister("staged")
+                    if index == 0:
+                        self.fault("mid_load")
+                self.con.commit()
+            except BaseException:
+                self.con.rollback()
+                raise
+
+    def read_table(self, table: Table, ledger: str | None = None) -> pa.Table:
+        order = ", ".join(self.dialect.ident(k) for k in table.key)
+        where, params = ("WHERE ledger = ?", [ledger]) if ledger else ("", [])
+        with translate_errors():
+            return self.con.sql(f"SELECT * FROM {self.qualified(table)} {where} ORDER BY {order}",
+                                params=params).to_arrow_table()

@@ -1,0 +1,143 @@
+"""The sync engine: logs after a pipeline's cursor -> warehouse rows -> merge -> only then move the cursor.
+
+Exactly once in effect: the cursor moves only after the warehouse accepted the batch (and the batch's
+sync-state row), and every load is an idempotent merge keyed on natural keys with `log_id` as version.
+Whatever a sync is killed at, re-running it replays at most the last batch, which changes nothing that
+was already there. A session advisory lock keeps two processes from syncing one pipeline at once, and
+the cursor moves by compare-and-set, so a reset during a sync is never overwritten.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from ledger_core.db import connect
+from ledger_core.writer import LOGS_CHANNEL
+from ledger_pipelines import registry
+from ledger_pipelines.errors import LogGap, PipelineBusy, PipelineStopped
+from ledger_pipelines.loaders import FaultHook, open_loader
+from ledger_pipelines.loaders.base import SyncState
+from ledger_pipelines.reader import LogReader
+from ledger_pipelines.transforms import transform
+
+DEFAULT_BATCH_SIZE = 20_000
+
+# progress(pipeline_id, logs_done, logs_total, seconds_elapsed)
+Progress = Callable[[str, int, int, float], None]
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    pipeline_id: str
+    ledger: str
+    from_log_id: int | None  # first log loaded by this run, None if there was nothing to do
+    to_log_id: int  # the cursor after the run
+    logs: int
+    rows: dict[str, int] = field(default_factory=dict)
+    lag: int = 0  # logs committed and not exported after the run
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pipelineID": self.pipeline_id, "ledger": self.ledger, "fromLogID": self.from_log_id,
+                "toLogID": self.to_log_id, "logs": self.logs, "rows": self.rows, "lag": self.lag,
+                "seconds": round(self.seconds, 3)}
+
+
+def _lock_key(pipeline_id: str) -> int:
+    return zlib.crc32(f"ledger-pipeline:{pipeline_id}".encode())
+
+
+def sync_pipeline(
+    database_url: str, pipeline_id: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Progress | None = None, fault: FaultHook | None = None,
+) -> SyncReport:
+    """Load every log committed before the call that the pipeline has not exported yet."""
+    fail_at: FaultHook = fault or (lambda point: None)
+    started = time.perf_counter()
+    with connect(database_url) as conn:
+        registry.migrate_pipelines(conn)
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(pipeline_id),)).fetchone()
+        if not got or not got[0]:
+            raise PipelineBusy(pipeline_id)
+        try:
+            pipeline = registry.get_pipeline(conn, pipeline_id)
+            if not pipeline.enabled:
+                raise PipelineStopped(pipeline_id)
+            try:
+                return _sync(conn, database_url, pipeline, environ, batch_size, progress, fail_at, started)
+            except Exception as exc:  # recorded whatever it is, so `pipelines get` shows it; then re-raised
+                registry.record_error(conn, pipeline_id, f"{type(exc).__name__}: {exc}")
+                raise
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline_id),))
+
+
+def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, environ: Mapping[str, str],
+          batch_size: int, progress: Progress | None, fault: FaultHook, started: float) -> SyncReport:
+    cursor, target = pipeline.last_log_id, pipeline.ledger_last_log_id
+    rows: Counter[str] = Counter()
+    first: int | None = None
+    if cursor < target:
+        exporter = registry.get_exporter(conn, pipeline.exporter_id)
+        with open_loader(exporter.driver, exporter.config, environ, fault) as loader, \
+                LogReader(database_url) as reader:
+            loader.setup()
+            while cursor < target:
+                logs = reader.read(pipeline.ledger, after=cursor, up_to=target, limit=batch_size)
+                if logs.num_rows == 0:
+                    raise LogGap(pipeline.ledger, cursor + 1, cursor)
+                batch = transform(pipeline.ledger, logs, loader.fetch_current)
+                fault("before_load")
+                loader.load(batch, SyncState(pipeline.id, pipeline.ledger, batch.last_log_id, batch.last_log_hash,
+                                             datetime.now(UTC)))
+                fault("after_load")
+                registry.advance_cursor(conn, pipeline.id, cursor, batch.last_log_id)
+                first = batch.first_log_id if first is None else first
+                cursor = batch.last_log_id
+                rows.update(batch.row_counts())
+                if progress:
+                    progress(pipeline.id, cursor - pipeline.last_log_id, target - pipeline.last_log_id,
+                             time.perf_counter() - started)
+    after = registry.get_pipeline(conn, pipeline.id)
+    return SyncReport(pipeline.id, pipeline.ledger, first, cursor, cursor - pipeline.last_log_id, dict(rows),
+                      after.lag, time.perf_counter() - started)
+
+
+def sync_all(database_url: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
+             progress: Progress | None = None) -> list[SyncReport]:
+    """Sync every enabled pipeline that has new logs, one after the other."""
+    with connect(database_url) as conn:
+        registry.migrate_pipelines(conn)
+        pipelines = [p for p in registry.list_pipelines(conn) if p.enabled and p.lag > 0]
+    return [sync_pipeline(database_url, p.id, environ=environ, batch_size=batch_size, progress=progress)
+            for p in pipelines]
+
+
+def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mapping[str, str],
+           on_report: Callable[[SyncReport], None], should_stop: Callable[[], bool] = lambda: False,
+           idle_timeout: float = 30.0, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    """Keep pipelines synced: wake on each commit's NOTIFY (and every `idle_timeout` seconds as a safety net)."""
+    with connect(database_url) as listener:
+        listener.execute(f"LISTEN {LOGS_CHANNEL}")
+        while not should_stop():
+            with connect(database_url, migrate=False) as conn:
+                pipelines = [p for p in registry.list_pipelines(conn)
+                             if p.enabled and p.lag > 0 and (pipeline_ids is None or p.id in pipeline_ids)]
+            for pipeline in pipelines:
+                on_report(sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size))
+            if pipelines:
+                continue  # more may have committed while we loaded
+            deadline = time.monotonic() + idle_timeout
+            for _ in listener.notifies(timeout=max(deadline - time.monotonic(), 0.01), stop_after=1):
+                break
+            # Drain what else arrived so one burst of commits causes one sync.
+            for _ in listener.notifies(timeout=0.001):
+                pass

@@ -1,0 +1,111 @@
+"""The warehouse tables, as data: columns with logical types, natural keys, and how rows merge.
+
+Every destination creates these tables from this one description through its dialect's type map, so
+the six warehouses cannot drift apart. Rows carry `log_id`, the log that last changed them; a load
+keeps, per key, the row with the highest `log_id` (ties: the incoming row), which makes replays and
+resets idempotent: loading the same logs twice, or older logs after newer ones, changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import pyarrow as pa
+
+
+class Kind(StrEnum):
+    STRING = "string"
+    INT32 = "int32"
+    INT64 = "int64"
+    BOOL = "bool"
+    TIMESTAMP = "timestamp"  # UTC, microseconds, time-zone aware
+    JSON = "json"
+    MONEY = "money"  # exact integer; carried as decimal256(76, 0) in Arrow
+
+
+MONEY_DIGITS = 76  # what Arrow's decimal256 carries; each dialect may hold fewer
+
+ARROW_TYPES: dict[Kind, pa.DataType] = {
+    Kind.STRING: pa.string(),
+    Kind.INT32: pa.int32(),
+    Kind.INT64: pa.int64(),
+    Kind.BOOL: pa.bool_(),
+    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    Kind.JSON: pa.string(),
+    Kind.MONEY: pa.decimal256(MONEY_DIGITS, 0),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    mutable: bool  # False: rows never change once written (logs, postings, moves)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, ARROW_TYPES[c.kind], nullable=c.nullable) for c in self.columns])
+
+    @property
+    def money_columns(self) -> list[str]:
+        return [c.name for c in self.columns if c.kind is Kind.MONEY]
+
+
+def _c(name: str, kind: Kind, nullable: bool = False) -> Column:
+    return Column(name, kind, nullable)
+
+
+S, I32, I64, B, T, J, M = Kind.STRING, Kind.INT32, Kind.INT64, Kind.BOOL, Kind.TIMESTAMP, Kind.JSON, Kind.MONEY
+
+LOGS = Table("logs", (
+    _c("ledger", S), _c("id", I64), _c("type", S), _c("date", T), _c("idempotency_key", S, True),
+    _c("hash", S), _c("data", J), _c("log_id", I64),
+), key=("ledger", "id"), mutable=False)
+
+TRANSACTIONS = Table("transactions", (
+    _c("ledger", S), _c("id", I64), _c("timestamp", T), _c("inserted_at", T), _c("reference", S, True),
+    _c("metadata", J), _c("reverted_at", T, True), _c("log_id", I64),
+), key=("ledger", "id"), mutable=True)
+
+POSTINGS = Table("postings", (
+    _c("ledger", S), _c("transaction_id", I64), _c("posting_index", I32), _c("source", S),
+    _c("destination", S), _c("asset", S), _c("amount", M), _c("timestamp", T), _c("log_id", I64),
+), key=("ledger", "transaction_id", "posting_index"), mutable=False)
+
+MOVES = Table("moves", (
+    _c("ledger", S), _c("transaction_id", I64), _c("posting_index", I32), _c("is_source", B),
+    _c("account", S), _c("asset", S), _c("amount", M), _c("timestamp", T), _c("inserted_at", T),
+    _c("post_commit_input", M), _c("post_commit_output", M), _c("post_commit_balance", M), _c("log_id", I64),
+), key=("ledger", "transaction_id", "posting_index", "is_source"), mutable=False)
+
+ACCOUNTS = Table("accounts", (
+    _c("ledger", S), _c("address", S), _c("metadata", J), _c("first_usage", T, True), _c("last_update", T),
+    _c("log_id", I64),
+), key=("ledger", "address"), mutable=True)
+
+BALANCES = Table("balances", (
+    _c("ledger", S), _c("account", S), _c("asset", S), _c("input", M), _c("output", M), _c("balance", M),
+    _c("log_id", I64),
+), key=("ledger", "account", "asset"), mutable=True)
+
+SYNC_STATE = Table("sync_state", (
+    _c("pipeline_id", S), _c("ledger", S), _c("last_log_id", I64), _c("last_log_hash", S), _c("synced_at", T),
+    _c("log_id", I64),
+), key=("pipeline_id",), mutable=True)
+
+DATA_TABLES: tuple[Table, ...] = (LOGS, TRANSACTIONS, POSTINGS, MOVES, ACCOUNTS, BALANCES)
+ALL_TABLES: tuple[Table, ...] = (*DATA_TABLES, SYNC_STATE)
+BY_NAME = {t.name: t for t in ALL_TABLES}

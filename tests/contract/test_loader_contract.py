@@ -1,0 +1,207 @@
+"""One contract, every destination: full and incremental syncs, reverts and metadata, resets, faults,
+concurrent writers, exact money, and refused configs."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ledger_core import reads
+from ledger_core.db import connect
+from ledger_core.requests import DeleteMetadata, RevertTransaction, SetMetadata
+from ledger_core.writer import write
+from ledger_pipelines import registry
+from ledger_pipelines.errors import (
+    ExporterInUse,
+    InvalidExporterConfig,
+    InvalidReset,
+    PipelineStopped,
+    ValueOutOfRange,
+)
+from ledger_pipelines.sync import sync_pipeline
+from ledger_pipelines.tables import BALANCES, LOGS, MOVES, POSTINGS, SYNC_STATE, TRANSACTIONS
+from tests.contract.helpers import assert_warehouse_equals_ledger
+from tests.helpers import new_tx, posting, send
+
+
+def activity(conn, ledger, start: int, count: int) -> None:
+    """A bulk of realistic writes: pay-ins, transfers, a revert, metadata set and deleted."""
+    commands = []
+    for i in range(start, start + count):
+        commands.append(new_tx(posting("world", f"users:{i % 7}", 1000 + i, "USD/2"),
+                               posting(f"users:{i % 7}", "fees", 10, "USD/2"),
+                               posting("world", f"users:{i % 5}", i + 1, "EUR/2"),
+                               metadata={"n": str(i)}, reference=f"ref-{i}",
+                               timestamp=f"2024-0{1 + i % 9}-1{i % 10}T12:00:00Z",
+                               accountMetadata={f"users:{i % 7}": {"seen": str(i)}}))
+    write(conn, ledger, commands)
+
+
+def sync(conn, pipeline, destination, **kwargs):
+    return sync_pipeline(conn.info.dsn, pipeline.id, environ=destination.environ, **kwargs)
+
+
+def test_first_full_sync_then_incremental(conn, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 60)
+    report = sync(conn, pipeline, destination, batch_size=25)
+    assert (report.from_log_id, report.to_log_id, report.logs, report.lag) == (1, 60, 60, 0)
+    assert report.rows["postings"] == 180 and report.rows["moves"] == 360
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+    activity(conn, ledger, 60, 15)
+    report = sync(conn, pipeline, destination)
+    assert (report.from_log_id, report.to_log_id, report.logs) == (61, 75, 15)
+    assert report.rows["logs"] == 15
+    assert sync(conn, pipeline, destination).logs == 0
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+        state = loader.read_sync_state(pipeline.id)
+        assert state["last_log_id"] == 75 and state["ledger"] == ledger
+        assert state["last_log_hash"] == reads.list_logs(conn, ledger, after=74)[0].hash.hex()
+
+
+def test_reverts_and_metadata_are_reflected(conn, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 10)
+    sync(conn, pipeline, destination)
+    write(conn, ledger, [RevertTransaction(3), SetMetadata.build("TRANSACTION", 2, {"status": "refunded"}),
+                         DeleteMetadata.build("TRANSACTION", 2, "n"),
+                         SetMetadata.build("ACCOUNT", "users:1", {"tier": "gold"}),
+                         DeleteMetadata.build("ACCOUNT", "users:1", "seen"),
+                         SetMetadata.build("ACCOUNT", "brand:new", {"created": "by-metadata"})])
+    sync(conn, pipeline, destination)
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+        tx = {r["id"]: r for r in loader.read_table(TRANSACTIONS, ledger).to_pylist()}
+        assert tx[3]["reverted_at"] is not None and tx[2]["metadata"] == '{"status": "refunded"}'
+        assert tx[11]["metadata"] == '{"com.formance.spec/state/reverts": "3"}'
+
+
+@pytest.mark.parametrize("to_log_id", [0, 7])
+def test_reset_replays_without_duplicates(conn, ledger, pipeline, destination, to_log_id):
+    activity(conn, ledger, 0, 20)
+    write(conn, ledger, [SetMetadata.build("ACCOUNT", "users:1", {"v": "1"})])
+    write(conn, ledger, [SetMetadata.build("ACCOUNT", "users:1", {"v": "2"}), RevertTransaction(5)])
+    sync(conn, pipeline, destination)
+    registry.reset_pipeline(conn, pipeline.id, to_log_id)
+    report = sync(conn, pipeline, destination, batch_size=4)
+    assert report.from_log_id == to_log_id + 1 and report.to_log_id == 23
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+    with pytest.raises(InvalidReset):
+        registry.reset_pipeline(conn, pipeline.id, 24)
+
+
+@pytest.mark.parametrize("point", ["before_load", "mid_load", "after_load"])
+def test_failure_at_each_step_then_rerun(conn, ledger, pipeline, destination, point):
+    activity(conn, ledger, 0, 30)
+    sync(conn, pipeline, destination, batch_size=10)
+    activity(conn, ledger, 30, 30)
+    write(conn, ledger, [RevertTransaction(40), SetMetadata.build("TRANSACTION", 41, {"x": "y"})])
+
+    class Killed(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def fault(where: str) -> None:
+        if where == point:
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second batch of the run dies
+                raise Killed(where)
+
+    with pytest.raises(Killed):
+        sync(conn, pipeline, destination, batch_size=10, fault=fault)
+    stuck = registry.get_pipeline(conn, pipeline.id)
+    assert stuck.last_log_id == 40 and stuck.last_error == f"Killed: {point}"
+    report = sync(conn, pipeline, destination, batch_size=10)
+    assert report.to_log_id == 62
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+        logs = loader.read_table(LOGS, ledger).column("id").to_pylist()
+        assert logs == list(range(1, 63))
+
+
+def test_amounts_of_ten_to_the_thirty_are_exact(conn, ledger, pipeline, destination):
+    huge = 10**30 + 123
+    send(conn, ledger, posting("world", "whale", huge, "ETH/18"), posting("whale", "pool", huge - 1, "ETH/18"))
+    sync(conn, pipeline, destination)
+    with destination.loader() as loader:
+        balances = {r["account"]: int(r["balance"]) for r in loader.read_table(BALANCES, ledger).to_pylist()}
+        assert balances == {"world": -huge, "whale": 1, "pool": huge - 1}
+        assert [int(a) for a in loader.read_table(POSTINGS, ledger).column("amount").to_pylist()] == [huge, huge - 1]
+        moves = loader.read_table(MOVES, ledger).to_pylist()
+        assert {(m["account"], int(m["post_commit_balance"])) for m in moves} >= {("whale", huge), ("whale", 1)}
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+
+
+def test_value_beyond_destination_limit_stops_with_the_log(conn, ledger, pipeline, destination):
+    limit = destination.loader().dialect.money_digits
+    send(conn, ledger, posting("world", "a", 5))
+    send(conn, ledger, posting("world", "a", 10**limit))
+    with pytest.raises(ValueOutOfRange) as info:
+        sync(conn, pipeline, destination)
+    assert info.value.log_id == 2
+    stuck = registry.get_pipeline(conn, pipeline.id)
+    assert stuck.last_log_id == 0 and "log 2" in stuck.last_error
+    with destination.loader() as loader:
+        assert loader.read_table(LOGS, ledger).num_rows == 0  # the failed batch left nothing
+
+
+def test_writers_committing_during_syncs_never_lose_a_log(conn, database_url, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 5)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            with connect(database_url, migrate=False) as own:
+                i = 100
+                while not stop.is_set():
+                    write(own, ledger, [new_tx(posting("world", f"w:{i % 3}", 1)) for _ in range(3)])
+                    i += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(6):
+            sync(conn, pipeline, destination, batch_size=7)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    sync(conn, pipeline, destination)
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+
+
+def test_stopped_pipeline_keeps_its_position(conn, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 3)
+    sync(conn, pipeline, destination)
+    registry.set_enabled(conn, pipeline.id, False)
+    activity(conn, ledger, 3, 3)
+    with pytest.raises(PipelineStopped):
+        sync(conn, pipeline, destination)
+    started = registry.set_enabled(conn, pipeline.id, True)
+    assert started.last_log_id == 3 and started.lag == 3
+    assert sync(conn, pipeline, destination).from_log_id == 4
+    with destination.loader() as loader:
+        assert loader.read_table(SYNC_STATE).num_rows == 1
+
+
+def test_bad_config_is_refused_and_exporters_in_use_are_kept(conn, ledger, pipeline, destination):
+    with pytest.raises(InvalidExporterConfig, match="unknown setting"):
+        registry.create_exporter(conn, destination.driver, {**destination.config, "colour": "blue"})
+    with pytest.raises(InvalidExporterConfig):
+        registry.create_exporter(conn, destination.driver, {})
+    with pytest.raises(InvalidExporterConfig, match="unknown driver"):
+        registry.create_exporter(conn, "nosuchwarehouse", {})
+    with pytest.raises(ExporterInUse):
+        registry.delete_exporter(conn, pipeline.exporter_id)
+    registry.delete_pipeline(conn, pipeline.id)
+    registry.delete_exporter(conn, pipeline.exporter_id)
+    assert pipeline.exporter_id not in [e.id for e in registry.list_exporters(conn)]

@@ -1,0 +1,65 @@
+"""Exporters, pipelines and sync through `ledgerctl`, and `sync --follow` woken by commits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+
+from tests.helpers import posting, send
+from tests.integration.test_cli import run
+
+
+def test_exporter_pipeline_sync_round_trip(database_url, conn, ledger, tmp_path):
+    send(conn, ledger, posting("world", "users:1", 42))
+    warehouse = tmp_path / "wh.duckdb"
+    refused = run(database_url, "exporters", "create", "--driver", "duckdb", "--config", '{"path": 3}')
+    assert refused.returncode == 1 and refused.stderr.startswith("error: VALIDATION: ")
+    secret = run(database_url, "exporters", "create", "--driver", "postgres",
+                 "--config", '{"host": "h", "database": "d", "password": "hunter2"}')
+    assert secret.returncode == 1 and "secret" in secret.stderr
+    exporter = json.loads(run(database_url, "exporters", "create", "--driver", "duckdb",
+                              "--config", json.dumps({"path": str(warehouse)})).stdout)
+    created = run(database_url, "pipelines", "create", ledger, "--exporter", exporter["id"])
+    pipeline = json.loads(created.stdout)
+    assert pipeline["lastLogID"] == 0 and pipeline["lag"] == 1 and pipeline["enabled"] is True
+    again = run(database_url, "pipelines", "create", ledger, "--exporter", exporter["id"])
+    assert again.returncode == 1 and "CONFLICT" in again.stderr
+    synced = run(database_url, "sync", pipeline["id"], "--no-progress")
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["toLogID"] == 1
+    assert json.loads(run(database_url, "pipelines", "get", pipeline["id"]).stdout)["lag"] == 0
+    in_use = run(database_url, "exporters", "delete", exporter["id"])
+    assert in_use.returncode == 1 and "still has pipelines" in in_use.stderr
+    reset = json.loads(run(database_url, "pipelines", "reset", pipeline["id"], "--to-log-id", "0").stdout)
+    assert reset["lastLogID"] == 0
+    assert run(database_url, "sync", "--all", "--no-progress").returncode == 0
+    with duckdb.connect(str(warehouse), read_only=True) as wh:
+        assert wh.execute("SELECT count(*), max(balance) FROM ledger.balances").fetchone() == (2, 42)
+        assert wh.execute("SELECT count(*) FROM ledger.logs").fetchone() == (1,)
+
+
+def test_sync_follow_loads_within_moments_of_a_commit(database_url, conn, ledger, tmp_path):
+    warehouse = tmp_path / "follow.duckdb"
+    exporter = json.loads(run(database_url, "exporters", "create", "--driver", "duckdb",
+                              "--config", json.dumps({"path": str(warehouse)})).stdout)
+    pipeline = json.loads(run(database_url, "pipelines", "create", ledger, "--exporter", exporter["id"]).stdout)
+    env = {**os.environ, "LEDGER_DATABASE_URL": database_url}
+    follower = subprocess.Popen([sys.executable, "-m", "ledger_core.cli", "sync", pipeline["id"], "--follow"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(1.5)  # let it LISTEN
+        committed = time.monotonic()
+        send(conn, ledger, posting("world", "users:9", 5))
+        line = follower.stdout.readline()  # one JSON report per sync
+        latency = time.monotonic() - committed
+        assert json.loads(line)["toLogID"] == 1
+        assert latency < 5, latency  # woken by NOTIFY, not the 30 s safety poll
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=20)
