@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m ledger_core.demo
+DAGSTER_HOME_DIR := $(CURDIR)/.dagster_home
+
+$(DAGSTER_HOME_DIR)/dagster.yaml: dagster_project/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME_DIR) && cp $< $@
+
+demo: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/python -m dagster_project.demo
 
 test: $(STAMP)
 	$(BIN)/ruff check ledger_core ledger_pipelines dagster_project tests bench
@@ -27,8 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python bench/run_all.py
 
-dev: $(STAMP)
-	$(BIN)/dagster dev -w workspace.yaml
+dev: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf $(VENV) .ledger .dagster_home

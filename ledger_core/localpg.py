@@ -12,8 +12,8 @@ PostgreSQL refuses to run as root, so when we are root the server runs as the `p
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
+import importlib.util
 import os
 import pwd
 import shutil
@@ -52,10 +52,10 @@ def find_bin_dir(explicit: str | None = None) -> Path:
         reverse=True,
     )
     candidates.extend(system)
-    with contextlib.suppress(ImportError):
-        import pgserver  # type: ignore[import-not-found]
-
-        candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    # The pgserver wheel ships a PostgreSQL build: the fallback on machines without one. Located, not imported.
+    spec = importlib.util.find_spec("pgserver")
+    if spec and spec.submodule_search_locations:
+        candidates.extend(Path(p) / "pginstall" / "bin" for p in spec.submodule_search_locations)
     for directory in candidates:
         if (directory / "pg_ctl").exists() and (directory / "initdb").exists():
             return directory

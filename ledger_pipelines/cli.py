@@ -14,6 +14,7 @@ import psycopg
 
 from ledger_core.requests import parse_json
 from ledger_pipelines import registry
+from ledger_pipelines.errors import PipelineError
 from ledger_pipelines.sync import DEFAULT_BATCH_SIZE, SyncReport, follow, sync_all, sync_pipeline
 
 
@@ -186,7 +187,11 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
                    batch_size=batch_size)
             return
         if all_:
-            emit([r.to_json() for r in sync_all(url, environ=environ, batch_size=batch_size, progress=bar)])
+            reports, failures = sync_all(url, environ=environ, batch_size=batch_size, progress=bar)
+            emit({"synced": [r.to_json() for r in reports], "failed": [f.to_json() for f in failures]})
+            if failures:
+                raise PipelineError(f"{len(failures)} pipeline(s) failed: "
+                                    + "; ".join(f"{f.pipeline_id}: {f.error}" for f in failures))
         else:
             emit(sync_pipeline(url, pipeline_id or "", environ=environ, batch_size=batch_size,
                                progress=bar).to_json())

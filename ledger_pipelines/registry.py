@@ -69,6 +69,10 @@ class Exporter:
     config: dict[str, Any]
     created_at: datetime
 
+    def secret_names(self) -> list[str]:
+        """The environment variables this exporter's config reads ({"env": NAME})."""
+        return sorted(v["env"] for v in self.config.values() if isinstance(v, dict) and "env" in v)
+
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "driver": self.driver, "config": self.config,
                 "createdAt": format_timestamp(self.created_at)}

@@ -13,7 +13,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +22,12 @@ import psycopg
 from ledger_core.db import connect
 from ledger_core.writer import LOGS_CHANNEL
 from ledger_pipelines import registry
-from ledger_pipelines.errors import LogGap, PipelineBusy, PipelineStopped
+from ledger_pipelines.errors import LogGap, PipelineBusy, PipelineError, PipelineStopped
 from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import SyncState
 from ledger_pipelines.reader import LogReader
 from ledger_pipelines.transforms import transform
+from ledger_pipelines.verify import CheckResult, verify
 
 DEFAULT_BATCH_SIZE = 20_000
 
@@ -44,11 +45,17 @@ class SyncReport:
     rows: dict[str, int] = field(default_factory=dict)
     lag: int = 0  # logs committed and not exported after the run
     seconds: float = 0.0
+    checks: list[CheckResult] = field(default_factory=list)  # warehouse vs ledger at the cursor, if asked
+
+    @property
+    def checks_passed(self) -> bool:
+        return all(c.passed for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
         return {"pipelineID": self.pipeline_id, "ledger": self.ledger, "fromLogID": self.from_log_id,
                 "toLogID": self.to_log_id, "logs": self.logs, "rows": self.rows, "lag": self.lag,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3),
+                **({"checks": {c.name: c.passed for c in self.checks}} if self.checks else {})}
 
 
 def _lock_key(pipeline_id: str) -> int:
@@ -57,9 +64,13 @@ def _lock_key(pipeline_id: str) -> int:
 
 def sync_pipeline(
     database_url: str, pipeline_id: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
-    progress: Progress | None = None, fault: FaultHook | None = None,
+    progress: Progress | None = None, fault: FaultHook | None = None, verify_after: bool = False,
 ) -> SyncReport:
-    """Load every log committed before the call that the pipeline has not exported yet."""
+    """Load every log committed before the call that the pipeline has not exported yet.
+
+    With `verify_after`, then prove the warehouse equals the ledger at the new cursor (still under the
+    pipeline's lock, so no other sync moves it meanwhile); the results are in `report.checks`.
+    """
     fail_at: FaultHook = fault or (lambda point: None)
     started = time.perf_counter()
     with connect(database_url) as conn:
@@ -72,7 +83,14 @@ def sync_pipeline(
             if not pipeline.enabled:
                 raise PipelineStopped(pipeline_id)
             try:
-                return _sync(conn, database_url, pipeline, environ, batch_size, progress, fail_at, started)
+                report = _sync(conn, database_url, pipeline, environ, batch_size, progress, fail_at, started)
+                if verify_after:
+                    exporter = registry.get_exporter(conn, pipeline.exporter_id)
+                    with open_loader(exporter.driver, exporter.config, environ) as loader:
+                        loader.setup()
+                        checks = verify(conn, loader, pipeline.ledger, report.to_log_id)
+                    report = replace(report, checks=checks)
+                return report
             except Exception as exc:  # recorded whatever it is, so `pipelines get` shows it; then re-raised
                 registry.record_error(conn, pipeline_id, f"{type(exc).__name__}: {exc}")
                 raise
@@ -111,14 +129,30 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
                       after.lag, time.perf_counter() - started)
 
 
+@dataclass(frozen=True)
+class SyncFailure:
+    pipeline_id: str
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pipelineID": self.pipeline_id, "error": self.error}
+
+
 def sync_all(database_url: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
-             progress: Progress | None = None) -> list[SyncReport]:
-    """Sync every enabled pipeline that has new logs, one after the other."""
+             progress: Progress | None = None) -> tuple[list[SyncReport], list[SyncFailure]]:
+    """Sync every enabled pipeline that has new logs; one failing pipeline does not hold the others back."""
     with connect(database_url) as conn:
         registry.migrate_pipelines(conn)
         pipelines = [p for p in registry.list_pipelines(conn) if p.enabled and p.lag > 0]
-    return [sync_pipeline(database_url, p.id, environ=environ, batch_size=batch_size, progress=progress)
-            for p in pipelines]
+    reports: list[SyncReport] = []
+    failures: list[SyncFailure] = []
+    for p in pipelines:
+        try:
+            reports.append(sync_pipeline(database_url, p.id, environ=environ, batch_size=batch_size,
+                                         progress=progress))
+        except PipelineError as exc:  # recorded on the pipeline as lastError; reported, and the next one runs
+            failures.append(SyncFailure(p.id, f"{type(exc).__name__}: {exc}"))
+    return reports, failures
 
 
 def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mapping[str, str],

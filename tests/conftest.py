@@ -54,3 +54,16 @@ def ledger(conn: psycopg.Connection) -> str:
     name = "t" + uuid.uuid4().hex[:12]
     create_ledger(conn, name)
     return name
+
+
+@pytest.fixture
+def fresh_db_url(pg_admin_url: str) -> str:
+    """A database of its own, migrated, for tests that act on every pipeline of a database."""
+    from ledger_pipelines.registry import migrate_pipelines
+
+    name = "fresh_" + uuid.uuid4().hex[:8]
+    ensure_database(pg_admin_url, name)
+    url = pg_admin_url.rsplit("/", 1)[0] + "/" + name
+    with connect(url) as conn:
+        migrate_pipelines(conn)
+    return url

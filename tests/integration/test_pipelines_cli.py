@@ -38,7 +38,7 @@ def test_exporter_pipeline_sync_round_trip(database_url, conn, ledger, tmp_path)
     assert in_use.returncode == 1 and "still has pipelines" in in_use.stderr
     reset = json.loads(run(database_url, "pipelines", "reset", pipeline["id"], "--to-log-id", "0").stdout)
     assert reset["lastLogID"] == 0
-    assert run(database_url, "sync", "--all", "--no-progress").returncode == 0
+    assert json.loads(run(database_url, "sync", pipeline["id"], "--no-progress").stdout)["fromLogID"] == 1
     with duckdb.connect(str(warehouse), read_only=True) as wh:
         assert wh.execute("SELECT count(*), max(balance) FROM ledger.balances").fetchone() == (2, 42)
         assert wh.execute("SELECT count(*) FROM ledger.logs").fetchone() == (1,)
@@ -63,3 +63,22 @@ def test_sync_follow_loads_within_moments_of_a_commit(database_url, conn, ledger
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(timeout=20)
+
+
+def test_sync_all_runs_every_pipeline_and_reports_failures(fresh_db_url, tmp_path):
+    from ledger_core.db import connect
+
+    with connect(fresh_db_url) as own:
+        for name, amount in (("good", 5), ("bad", 10**40)):  # 10^40 does not fit DuckDB's DECIMAL(38,0)
+            run(fresh_db_url, "ledgers", "create", name)
+            send(own, name, posting("world", "a", amount))
+            exporter = json.loads(run(fresh_db_url, "exporters", "create", "--driver", "duckdb", "--config",
+                                      json.dumps({"path": str(tmp_path / f"{name}.duckdb")})).stdout)
+            run(fresh_db_url, "pipelines", "create", name, "--exporter", exporter["id"])
+    result = run(fresh_db_url, "sync", "--all", "--no-progress")
+    assert result.returncode == 1
+    body = json.loads(result.stdout)
+    assert [r["ledger"] for r in body["synced"]] == ["good"]
+    assert len(body["failed"]) == 1 and "VALUE" not in body["failed"][0]["pipelineID"]
+    assert "ValueOutOfRange: log 1" in body["failed"][0]["error"]
+    assert result.stderr.startswith("error: PIPELINE: 1 pipeline(s) failed")
