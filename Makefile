@@ -25,7 +25,7 @@ demo: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/python -m dagster_project.demo
 
 test: $(STAMP)
-	$(BIN)/ruff check ledger_core ledger_pipelines dagster_project tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

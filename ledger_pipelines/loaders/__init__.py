@@ -6,7 +6,7 @@ How each of the six destinations loads (built ones are marked ✔):
 |---|---|---|---|
 | duckdb ✔ | Arrow tables scanned in place | `INSERT … ON CONFLICT DO UPDATE WHERE newer log_id`, one transaction | DECIMAL(38,0) |
 | postgres ✔ | Arrow → CSV → `COPY` into a temp staging table | `INSERT … SELECT … ON CONFLICT DO UPDATE WHERE newer log_id`, one transaction | NUMERIC(76,0) |
-| clickhouse | Arrow inserts through clickhouse-connect, large blocks | ReplacingMergeTree(log_id): the highest version wins at merge time; analysts read with FINAL / dedup views | Int256 |
+| clickhouse ✔ | Arrow inserts through clickhouse-connect, large blocks | ReplacingMergeTree(log_id): the highest version wins at merge time; analysts read with FINAL / dedup views | Int256 |
 | bigquery | load job from Arrow/Parquet into a staging table | `MERGE … WHEN MATCHED AND S.log_id >= T.log_id`, multi-statement transaction | BIGNUMERIC(76,0) |
 | snowflake | `write_pandas` (Parquet + COPY INTO) into a staging table | `MERGE INTO … WHEN MATCHED AND S.log_id >= T.log_id`, one transaction | NUMBER(38,0) |
 | redshift | Parquet to S3, `COPY … FORMAT PARQUET` into a staging table | `MERGE` from staging (or delete+insert), one transaction | DECIMAL(38,0) |
@@ -24,6 +24,7 @@ from ledger_pipelines.loaders.base import FaultHook, Loader, LoaderRegistry
 REGISTRY = LoaderRegistry({
     "duckdb": "ledger_pipelines.loaders.duckdb:DuckDBLoader",
     "postgres": "ledger_pipelines.loaders.postgres:PostgresLoader",
+    "clickhouse": "ledger_pipelines.loaders.clickhouse:ClickHouseLoader",
 })
 
 

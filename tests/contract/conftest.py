@@ -39,7 +39,14 @@ def _postgres(tmp_path: Path, pg_admin_url: str) -> Destination:
                        {"WAREHOUSE_PG_PASSWORD": "unused-with-trust-auth"})
 
 
-DESTINATIONS: dict[str, Callable[[Path, str], Destination]] = {"duckdb": _duckdb, "postgres": _postgres}
+def _clickhouse(tmp_path: Path, pg_admin_url: str) -> Destination:
+    # The real ClickHouse engine in-process (chdb) through clickhouse-connect, the production client.
+    return Destination("clickhouse", {"chdb_path": str(tmp_path / "clickhouse"), "database": "ledger"}, {})
+
+
+DESTINATIONS: dict[str, Callable[[Path, str], Destination]] = {
+    "duckdb": _duckdb, "postgres": _postgres, "clickhouse": _clickhouse,
+}
 
 
 @pytest.fixture(params=sorted(DESTINATIONS))

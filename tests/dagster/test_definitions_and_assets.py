@@ -125,3 +125,22 @@ def test_asset_lineage_runs_from_the_ledger_log():
     spec_deps = {spec.key: {d.asset_key for d in spec.deps} for spec in assets.WAREHOUSE_SPECS}
     assert all(deps == {assets.LEDGER_LOG.key} for deps in spec_deps.values())
     assert {spec.group_name for spec in assets.WAREHOUSE_SPECS} == {"warehouse"}
+
+
+def test_asset_checks_pass_against_clickhouse(instance, resources, dconn, tmp_path):
+    from ledger_core.ledgers import create_ledger
+    from ledger_pipelines import registry
+
+    create_ledger(dconn, "chshop")
+    exporter = registry.create_exporter(dconn, "clickhouse", {"chdb_path": str(tmp_path / "ch")})
+    pipeline = registry.create_pipeline(dconn, "chshop", exporter.id)
+    send(dconn, "chshop", posting("world", "a", 10**50), posting("a", "b", 1))
+    from ledger_core.requests import RevertTransaction, SetMetadata
+    from ledger_core.writer import write
+
+    write(dconn, "chshop", [SetMetadata.build("ACCOUNT", "a", {"k": "v"}), RevertTransaction(1, force=True)])
+    result = materialize(instance, resources, pipeline.id)
+    assert result.success
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == {
+        "row_counts": True, "log_ids_contiguous": True, "last_log_hash": True, "balances_match": True,
+        "asset_sums_zero": True}

@@ -1,0 +1,173 @@
+"""ClickHouse, through clickhouse-connect.
+
+- Connection: production speaks HTTP(S) to a server (`host`, `port`, `username`, `password` from an
+  environment variable, `database`, `secure`). `chdb_path` instead runs the real ClickHouse engine
+  in-process (chdb) on a local directory, through the same client: the loader code is identical, only
+  the connection differs. chdb allows one process per data directory, so use it for local work and tests;
+  and because the engine runs inside Python, it can wait on the GIL that another busy Python thread of the
+  same process holds (a known chdb hazard): run concurrent work in other processes, as a server would.
+- Bulk path: each batch table is inserted with `insert_arrow` (Arrow straight to the native format), one
+  block per table per batch, never row by row.
+- Merge: tables are `ReplacingMergeTree(log_id)` ordered by the natural key, so for each key the row with
+  the highest `log_id` survives background merges, whatever order batches arrive in; a replayed batch
+  only adds rows with versions that already exist. Until merges run, duplicates can be visible to a plain
+  SELECT: **analysts read with `FINAL`** (`SELECT … FROM ledger.balances FINAL`) **or through the views
+  `<table>_final`** (`ledger.balances_final`), which this loader creates and which always deduplicate.
+- Not transactional: data tables load first and `sync_state` last; a sync killed half-way leaves rows
+  that the re-run replays with the same versions, which FINAL collapses.
+- Money: Int256 (76 digits, the pipeline's full range), never Float. Timestamps: DateTime64(6, 'UTC').
+- JSON columns (`data`, `metadata`) are String holding JSON text: keys differ per row and ledger, which
+  the JSON type would turn into an ever-growing set of subcolumns; `JSONExtractString(metadata, 'key')`
+  reads them.
+- Partitioning: the append-only tables and `transactions` by month of their own timestamp (immutable per
+  key, so deduplication, which works within a partition, is never split); `accounts`, `balances` and
+  `sync_state` are small and unpartitioned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import clickhouse_connect
+import pyarrow as pa
+from clickhouse_connect.driver import exceptions as ch_errors
+
+from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
+from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState
+from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, SYNC_STATE, Kind, Table
+from ledger_pipelines.transforms import Batch
+
+DIALECT = Dialect(
+    name="clickhouse",
+    types={Kind.STRING: "String", Kind.INT32: "Int32", Kind.INT64: "Int64", Kind.BOOL: "Bool",
+           Kind.TIMESTAMP: "DateTime64(6, 'UTC')", Kind.JSON: "String", Kind.MONEY: "Int256"},
+    money_digits=MONEY_DIGITS,
+    max_identifier_length=255,
+    quote="`",
+    transactional=False,
+)
+
+# Month partitions on a column that never changes for a key; tables not listed are unpartitioned.
+PARTITION_BY = {"logs": "date", "transactions": "timestamp", "postings": "timestamp", "moves": "timestamp"}
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """The one place clickhouse-connect's exceptions become pipeline errors."""
+    try:
+        yield
+    except ch_errors.OperationalError as exc:  # unreachable server, timeouts
+        raise TransientLoadError(f"clickhouse: {exc}") from exc
+    except ch_errors.ClickHouseError as exc:
+        raise LoadError(f"clickhouse: {exc}") from exc
+
+
+class ClickHouseLoader(Loader):
+    driver = "clickhouse"
+    dialect = DIALECT
+    config_fields = (
+        ConfigField("host", str),
+        ConfigField("port", int),
+        ConfigField("username", str, default="default"),
+        ConfigField("password", str, secret=True),
+        ConfigField("database", str, default="ledger"),
+        ConfigField("secure", bool, default=False),
+        ConfigField("chdb_path", str),
+    )
+
+    @classmethod
+    def validate(cls, config: Any) -> dict[str, Any]:
+        checked = super().validate(config)
+        if ("host" in checked) == ("chdb_path" in checked):
+            raise InvalidExporterConfig(cls.driver, "give 'host' (a ClickHouse server) or 'chdb_path' (embedded), "
+                                                    "not both and not neither")
+        if "chdb_path" in checked and ({"port", "password"} & set(checked) or checked["secure"]):
+            raise InvalidExporterConfig(cls.driver, "'port', 'password' and 'secure' are for a server, "
+                                                    "not for 'chdb_path'")
+        port = checked.get("port")
+        if port is not None and not 0 < port < 65536:
+            raise InvalidExporterConfig(cls.driver, f"'port' must be between 1 and 65535, got {port}")
+        if not checked["host" if "host" in checked else "chdb_path"].strip():
+            raise InvalidExporterConfig(cls.driver, "'host' must not be empty")
+        return checked
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.schema = self.config["database"]
+        with translate_errors():
+            if "chdb_path" in self.config:
+                self.client = clickhouse_connect.get_client(dsn=f"chdb:///{self.config['chdb_path']}")
+            else:
+                secure = self.config["secure"]
+                self.client = clickhouse_connect.get_client(
+                    host=self.config["host"], port=self.config.get("port") or (8443 if secure else 8123),
+                    username=self.config["username"], password=self.secret("password") or "", secure=secure,
+                )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def create_table_sql(self, table: Table) -> str:
+        columns = []
+        for c in table.columns:
+            kind = self.dialect.column_type(c.kind)
+            columns.append(f"{self.dialect.ident(c.name)} {f'Nullable({kind})' if c.nullable else kind}")
+        order = ", ".join(self.dialect.ident(k) for k in table.key)
+        partition = (f" PARTITION BY toYYYYMM({self.dialect.ident(PARTITION_BY[table.name])})"
+                     if table.name in PARTITION_BY else "")
+        return (f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ({', '.join(columns)}) "
+                f"ENGINE = ReplacingMergeTree({self.dialect.ident('log_id')}){partition} ORDER BY ({order})")
+
+    def setup(self) -> None:
+        with translate_errors():
+            self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.dialect.ident(self.schema)}")
+            for table in ALL_TABLES:
+                self.client.command(self.create_table_sql(table))
+                view = self.qualified(f"{table.name}_final")
+                self.client.command(
+                    f"CREATE VIEW IF NOT EXISTS {view} AS SELECT * FROM {self.qualified(table)} FINAL")
+
+    def _select(self, table: Table, where: str, parameters: dict[str, Any]) -> pa.Table:
+        columns = ", ".join(self.dialect.ident(c) for c in table.column_names)
+        order = ", ".join(self.dialect.ident(k) for k in table.key)
+        with translate_errors():
+            result = self.client.query(
+                f"SELECT {columns} FROM {self.qualified(table)} FINAL {where} ORDER BY {order}", parameters=parameters)
+        money = set(table.money_columns)
+        rows = []
+        for values in result.result_rows:
+            row = {}
+            for name, value in zip(table.column_names, values, strict=True):
+                if name in money:
+                    value = Decimal(value)
+                elif isinstance(value, datetime) and value.tzinfo is None:
+                    value = value.replace(tzinfo=UTC)  # DateTime64(6, 'UTC') comes back naive
+                row[name] = value
+            rows.append(row)
+        return pa.Table.from_pylist(rows, schema=table.arrow_schema)
+
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        key_columns = [c for c in table.columns if c.name in table.key and c.name != "ledger"]
+        tuple_type = ", ".join(self.dialect.column_type(c.kind) for c in key_columns)
+        names = ", ".join(self.dialect.ident(c.name) for c in key_columns)
+        where = f"WHERE ledger = {{ledger:String}} AND tuple({names}) IN {{keys:Array(Tuple({tuple_type}))}}"
+        found = self._select(table, where, {"ledger": ledger, "keys": [tuple(k) for k in keys]})
+        return found.to_pylist()
+
+    def load(self, batch: Batch, state: SyncState) -> None:
+        self.check_money(batch)
+        with translate_errors():
+            for index, (name, data) in enumerate([*batch.tables.items(), (SYNC_STATE.name, state.as_table())]):
+                if data.num_rows:
+                    self.client.insert_arrow(name, data, database=self.schema)
+                if index == 0:
+                    self.fault("mid_load")
+
+    def read_table(self, table: Table, ledger: str | None = None) -> pa.Table:
+        if ledger is None:
+            return self._select(table, "", {})
+        return self._select(table, "WHERE ledger = {ledger:String}", {"ledger": ledger})
