@@ -1,4 +1,6 @@
 # Everything a newcomer needs: `make demo` and `make test` (both create .venv themselves).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,9 +11,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11) on PATH"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import ledger_core, ledger_pipelines, dagster_project" 
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null || true  # optional
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@$(BIN)/python -c "import dagster_project.definitions, duckdb, chdb, clickhouse_connect, adbc_driver_postgresql"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -29,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[bench]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python bench/run_all.py
 
 dev: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml

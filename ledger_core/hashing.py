@@ -20,12 +20,12 @@ from ledger_core.validation import format_timestamp
 DERIVED_FIELDS = frozenset({"preCommitVolumes", "postCommitVolumes", "postCommitEffectiveVolumes"})
 
 
-def _strip_derived(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _strip_derived(v) for k, v in value.items() if k not in DERIVED_FIELDS}
-    if isinstance(value, list):
-        return [_strip_derived(v) for v in value]
-    return value
+def _strip_derived(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop derived fields from the transaction objects a log carries (always one level down)."""
+    return {
+        key: {k: v for k, v in value.items() if k not in DERIVED_FIELDS} if isinstance(value, Mapping) else value
+        for key, value in data.items()
+    }
 
 
 def canonical_bytes(

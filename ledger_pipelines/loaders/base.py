@@ -33,6 +33,7 @@ class Dialect:
     max_identifier_length: int = 63
     quote: str = '"'
     transactional: bool = True  # a batch and its sync state land together or not at all
+    declare_primary_keys: bool = True  # False where an index costs bulk loads more than it protects
 
     def ident(self, name: str) -> str:
         if len(name) > self.max_identifier_length:
@@ -70,6 +71,10 @@ class ConfigField:
     required: bool = False
     secret: bool = False  # may be {"env": "VAR"}; a secret must be
     default: Any = None
+    bounds: tuple[int, int] | None = None  # inclusive range for an integer setting
+
+
+PORT_BOUNDS = (1, 65535)
 
 
 SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -103,6 +108,9 @@ def check_config(driver: str, fields: Sequence[ConfigField], config: Any) -> dic
             )
         if (isinstance(value, bool) and f.kind is not bool) or not isinstance(value, f.kind):
             raise InvalidExporterConfig(driver, f"'{f.name}' must be {_kind_name(f.kind)}, got {value!r}")
+        if f.bounds and not f.bounds[0] <= value <= f.bounds[1]:
+            raise InvalidExporterConfig(driver, f"'{f.name}' must be between {f.bounds[0]} and {f.bounds[1]}, "
+                                                f"got {value}")
         checked[f.name] = value
     schema = checked.get("schema")
     if schema is not None and not SCHEMA_NAME.match(schema):
@@ -154,8 +162,9 @@ class Loader(ABC):
             f"{self.dialect.ident(c.name)} {self.dialect.column_type(c.kind)}{'' if c.nullable else ' NOT NULL'}"
             for c in table.columns
         ]
-        key = ", ".join(self.dialect.ident(k) for k in table.key)
-        return f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ({', '.join(columns)}, PRIMARY KEY ({key}))"
+        if self.dialect.declare_primary_keys:
+            columns.append(f"PRIMARY KEY ({', '.join(self.dialect.ident(k) for k in table.key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ({', '.join(columns)})"
 
     def check_money(self, batch: Batch) -> None:
         """Refuse a batch holding a money value wider than this warehouse's exact type."""

@@ -37,7 +37,7 @@ import pyarrow as pa
 from clickhouse_connect.driver import exceptions as ch_errors
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState
+from ledger_pipelines.loaders.base import PORT_BOUNDS, ConfigField, Dialect, Loader, SyncState
 from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, SYNC_STATE, Kind, Table
 from ledger_pipelines.transforms import Batch
 
@@ -71,7 +71,7 @@ class ClickHouseLoader(Loader):
     dialect = DIALECT
     config_fields = (
         ConfigField("host", str),
-        ConfigField("port", int),
+        ConfigField("port", int, bounds=PORT_BOUNDS),
         ConfigField("username", str, default="default"),
         ConfigField("password", str, secret=True),
         ConfigField("database", str, default="ledger"),
@@ -88,9 +88,6 @@ class ClickHouseLoader(Loader):
         if "chdb_path" in checked and ({"port", "password"} & set(checked) or checked["secure"]):
             raise InvalidExporterConfig(cls.driver, "'port', 'password' and 'secure' are for a server, "
                                                     "not for 'chdb_path'")
-        port = checked.get("port")
-        if port is not None and not 0 < port < 65536:
-            raise InvalidExporterConfig(cls.driver, f"'port' must be between 1 and 65535, got {port}")
         if not checked["host" if "host" in checked else "chdb_path"].strip():
             raise InvalidExporterConfig(cls.driver, "'host' must not be empty")
         return checked

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState, upsert_sql
+from ledger_pipelines.loaders.base import PORT_BOUNDS, ConfigField, Dialect, Loader, SyncState, upsert_sql
 from ledger_pipelines.tables import ALL_TABLES, SYNC_STATE, Kind, Table
 from ledger_pipelines.transforms import Batch
 
@@ -51,7 +51,7 @@ class PostgresLoader(Loader):
     config_fields = (
         ConfigField("dsn", str),
         ConfigField("host", str),
-        ConfigField("port", int),
+        ConfigField("port", int, bounds=PORT_BOUNDS),
         ConfigField("user", str),
         ConfigField("password", str, secret=True),
         ConfigField("database", str),
@@ -66,8 +66,6 @@ class PostgresLoader(Loader):
             raise InvalidExporterConfig(cls.driver, "give 'dsn', or 'host' and 'database'")
         if "dsn" in checked and "password=" in checked["dsn"].replace(" ", ""):
             raise InvalidExporterConfig(cls.driver, "'dsn' must not hold a password; use 'password': {\"env\": …}")
-        if not 0 < checked.get("port", 5432) < 65536:
-            raise InvalidExporterConfig(cls.driver, f"'port' must be between 1 and 65535, got {checked['port']}")
         return checked
 
     def __init__(self, *args: Any, **kwargs: Any):
