@@ -80,6 +80,17 @@ class PipelineBusy(PipelineError):
         self.pipeline_id = pipeline_id
 
 
+class CursorMoved(PipelineError):
+    """The cursor changed under a running sync (a reset): the batch is in the warehouse, the cursor is the reset's."""
+
+    error_code = "CURSOR_MOVED"
+
+    def __init__(self, pipeline_id: str, expected: int):
+        super().__init__(f"pipeline '{pipeline_id}' no longer stands at log {expected} (reset during the sync?); "
+                         "nothing is lost: sync again to continue from its cursor")
+        self.pipeline_id = pipeline_id
+
+
 class InvalidReset(PipelineError):
     """A reset target outside the ledger's log."""
 

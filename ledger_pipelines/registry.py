@@ -21,6 +21,7 @@ from ledger_core.errors import LedgerNotFound
 from ledger_core.migrations import migrate
 from ledger_core.validation import format_timestamp, ledger_name
 from ledger_pipelines.errors import (
+    CursorMoved,
     ExporterInUse,
     ExporterNotFound,
     InvalidReset,
@@ -256,9 +257,7 @@ def advance_cursor(conn: psycopg.Connection, pipeline_id: str, expected: int, ne
         (new, pipeline_id, expected),
     ).fetchone()
     if moved is None:
-        from ledger_pipelines.errors import PipelineBusy
-
-        raise PipelineBusy(pipeline_id)
+        raise CursorMoved(pipeline_id, expected)
 
 
 def record_error(conn: psycopg.Connection, pipeline_id: str, message: str) -> None:

@@ -208,3 +208,20 @@ def test_bad_config_is_refused_and_exporters_in_use_are_kept(conn, ledger, pipel
     registry.delete_pipeline(conn, pipeline.id)
     registry.delete_exporter(conn, pipeline.exporter_id)
     assert pipeline.exporter_id not in [e.id for e in registry.list_exporters(conn)]
+
+
+def test_reset_during_a_sync_wins_and_the_next_sync_converges(conn, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 30)
+
+    def reset_mid_sync(point: str) -> None:
+        if point == "after_load":  # the batch is loaded; a user resets before the cursor moves
+            registry.reset_pipeline(conn, pipeline.id, 0)
+
+    from ledger_pipelines.errors import CursorMoved
+
+    with pytest.raises(CursorMoved):
+        sync(conn, pipeline, destination, batch_size=10, fault=reset_mid_sync)
+    assert registry.get_pipeline(conn, pipeline.id).last_log_id == 0  # the reset is not overwritten
+    assert sync(conn, pipeline, destination).to_log_id == 30
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
