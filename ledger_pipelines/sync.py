@@ -13,6 +13,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -65,11 +66,13 @@ def _lock_key(pipeline_id: str) -> int:
 def sync_pipeline(
     database_url: str, pipeline_id: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None, fault: FaultHook | None = None, verify_after: bool = False,
+    reader: LogReader | None = None,
 ) -> SyncReport:
     """Load every log committed before the call that the pipeline has not exported yet.
 
     With `verify_after`, then prove the warehouse equals the ledger at the new cursor (still under the
     pipeline's lock, so no other sync moves it meanwhile); the results are in `report.checks`.
+    A long-lived caller (`follow`) may pass its own `reader` to save a connection per sync.
     """
     fail_at: FaultHook = fault or (lambda point: None)
     started = time.perf_counter()
@@ -83,7 +86,7 @@ def sync_pipeline(
             if not pipeline.enabled:
                 raise PipelineStopped(pipeline_id)
             try:
-                report = _sync(conn, database_url, pipeline, environ, batch_size, progress, fail_at, started)
+                report = _sync(conn, database_url, pipeline, environ, batch_size, progress, fail_at, started, reader)
                 if verify_after:
                     exporter = registry.get_exporter(conn, pipeline.exporter_id)
                     with open_loader(exporter.driver, exporter.config, environ) as loader:
@@ -99,14 +102,15 @@ def sync_pipeline(
 
 
 def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, environ: Mapping[str, str],
-          batch_size: int, progress: Progress | None, fault: FaultHook, started: float) -> SyncReport:
+          batch_size: int, progress: Progress | None, fault: FaultHook, started: float,
+          shared_reader: LogReader | None) -> SyncReport:
     cursor, target = pipeline.last_log_id, pipeline.ledger_last_log_id
     rows: Counter[str] = Counter()
     first: int | None = None
     if cursor < target:
         exporter = registry.get_exporter(conn, pipeline.exporter_id)
         with open_loader(exporter.driver, exporter.config, environ, fault) as loader, \
-                LogReader(database_url) as reader:
+                (nullcontext(shared_reader) if shared_reader else LogReader(database_url)) as reader:
             loader.setup()
             while cursor < target:
                 logs = reader.read(pipeline.ledger, after=cursor, up_to=target, limit=batch_size)
@@ -159,14 +163,15 @@ def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mappin
            on_report: Callable[[SyncReport], None], should_stop: Callable[[], bool] = lambda: False,
            idle_timeout: float = 30.0, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
     """Keep pipelines synced: wake on each commit's NOTIFY (and every `idle_timeout` seconds as a safety net)."""
-    with connect(database_url) as listener:
+    with connect(database_url) as listener, LogReader(database_url) as reader:
         listener.execute(f"LISTEN {LOGS_CHANNEL}")
         while not should_stop():
             with connect(database_url, migrate=False) as conn:
                 pipelines = [p for p in registry.list_pipelines(conn)
                              if p.enabled and p.lag > 0 and (pipeline_ids is None or p.id in pipeline_ids)]
             for pipeline in pipelines:
-                on_report(sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size))
+                on_report(sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size,
+                                        reader=reader))
             if pipelines:
                 continue  # more may have committed while we loaded
             deadline = time.monotonic() + idle_timeout
