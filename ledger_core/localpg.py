@@ -71,7 +71,8 @@ def _as_server_user() -> list[str]:
     try:
         pwd.getpwnam(SERVER_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", SERVER_USER], check=True)
+        subprocess.run(["useradd", "--system", "--no-create-home", SERVER_USER], check=True,
+                       stdin=subprocess.DEVNULL)
     return ["runuser", "-u", SERVER_USER, "--"]
 
 
@@ -123,7 +124,7 @@ def _running_port(data_dir: Path) -> int | None:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise LocalServerError(f"{what} failed: {detail[-1] if detail else result.returncode}")

@@ -16,8 +16,9 @@ from ledger_core.cli import cli
 
 def run(database_url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "LEDGER_DATABASE_URL": database_url}
+    stdin_args = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     return subprocess.run([sys.executable, "-m", "ledger_core.cli", *args], capture_output=True, text=True,
-                          env=env, input=stdin, timeout=120)
+                          env=env, timeout=120, **stdin_args)
 
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

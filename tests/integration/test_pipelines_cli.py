@@ -51,7 +51,8 @@ def test_sync_follow_loads_within_moments_of_a_commit(database_url, conn, ledger
     pipeline = json.loads(run(database_url, "pipelines", "create", ledger, "--exporter", exporter["id"]).stdout)
     env = {**os.environ, "LEDGER_DATABASE_URL": database_url}
     follower = subprocess.Popen([sys.executable, "-m", "ledger_core.cli", "sync", pipeline["id"], "--follow"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
     try:
         time.sleep(1.5)  # let it LISTEN
         committed = time.monotonic()
