@@ -47,6 +47,7 @@ def test_materialize_loads_rows_and_passes_checks_then_only_new_logs(instance, r
         send(dconn, "shop", posting("world", f"users:{i}", 100 + i), posting(f"users:{i}", "fees", 1))
     result = materialize(instance, resources, pipeline.id)
     assert result.success
+    assert result.dagster_run.tags["dagster/partition"] == pipeline.id  # what the run queue limits per value
     logs = metadata(result, "logs")
     assert (logs["logs_loaded"], logs["from_log_id"], logs["to_log_id"], logs["lag_after_run"]) == (5, 1, 5, 0)
     assert metadata(result, "postings")["rows_loaded"] == 10
@@ -144,3 +145,14 @@ def test_asset_checks_pass_against_clickhouse(instance, resources, dconn, tmp_pa
     assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == {
         "row_counts": True, "log_ids_contiguous": True, "last_log_hash": True, "balances_match": True,
         "asset_sums_zero": True}
+
+
+def test_instance_config_admits_one_run_per_pipeline(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2] / "dagster_project" / "dagster.yaml"
+    (tmp_path / "dagster.yaml").write_text(source.read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as configured:
+        assert type(configured.run_coordinator).__name__ == "QueuedRunCoordinator"
+        limits = configured.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    assert limits == [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
