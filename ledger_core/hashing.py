@@ -20,10 +20,17 @@ from ledger_core.validation import format_timestamp
 DERIVED_FIELDS = frozenset({"preCommitVolumes", "postCommitVolumes", "postCommitEffectiveVolumes"})
 
 
+TRANSACTION_KEYS = frozenset({"transaction", "revertedTransaction"})  # where logs carry transaction objects
+
+
 def _strip_derived(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop derived fields from the transaction objects a log carries (always one level down)."""
+    """Drop derived fields from the transaction objects a log carries, and from nothing else.
+
+    Only those objects: `accountMetadata` is keyed by address, and `preCommitVolumes` is a valid address.
+    """
     return {
-        key: {k: v for k, v in value.items() if k not in DERIVED_FIELDS} if isinstance(value, Mapping) else value
+        key: {k: v for k, v in value.items() if k not in DERIVED_FIELDS}
+        if key in TRANSACTION_KEYS and isinstance(value, Mapping) else value
         for key, value in data.items()
     }
 

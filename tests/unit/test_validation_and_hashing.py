@@ -92,3 +92,16 @@ def test_hash_ignores_derived_volumes_but_not_data():
     assert h(base) == h(same)
     assert h(base) != h(other)
     assert h(base, b"x") != h(base, b"y")
+
+
+def test_hash_covers_metadata_of_accounts_named_like_derived_fields():
+    date = datetime(2024, 1, 1, tzinfo=UTC)
+
+    def h(data):
+        return hashing.canonical_bytes(ledger="l", log_id=1, log_type="NEW_TRANSACTION", date=date, data=data,
+                                       idempotency_key=None)
+
+    tx = {"id": 1, "postings": []}
+    honest = {"transaction": tx, "accountMetadata": {"postCommitVolumes": {"tier": "gold"}}}
+    forged = {"transaction": tx, "accountMetadata": {"postCommitVolumes": {"tier": "platinum"}}}
+    assert h(honest) != h(forged)
