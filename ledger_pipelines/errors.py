@@ -133,6 +133,12 @@ class LogGap(PipelineError):
         super().__init__(f"ledger '{ledger}': expected log {expected}, read {found}")
 
 
+class MissingBaseRow(PipelineError):
+    """A log changes a row the warehouse does not hold: the warehouse lost data; reset the pipeline to 0."""
+
+    error_code = "WAREHOUSE_INCOMPLETE"
+
+
 class LoadError(PipelineError):
     """The warehouse refused a load; the cursor did not move."""
 

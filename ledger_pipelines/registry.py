@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ledger_core.errors import LedgerNotFound
+from ledger_core.errors import LedgerNotFound, ValidationError
 from ledger_core.migrations import migrate
 from ledger_core.validation import format_timestamp, ledger_name
 from ledger_pipelines.errors import (
@@ -28,6 +28,7 @@ from ledger_pipelines.errors import (
     PipelineAlreadyExists,
     PipelineNotFound,
 )
+from ledger_pipelines.loaders import validate_config
 
 PIPELINE_MIGRATIONS = (
     """
@@ -111,8 +112,6 @@ def _new_id() -> str:
 
 
 def create_exporter(conn: psycopg.Connection, driver: str, config: Any) -> Exporter:
-    from ledger_pipelines.loaders import validate_config
-
     checked = validate_config(driver, config)
     row = conn.execute(
         """INSERT INTO ledger_pipelines.exporters (id, driver, config) VALUES (%s, %s, %s)
@@ -187,8 +186,6 @@ def _cadence(value: str) -> Cadence:
     try:
         return Cadence(value)
     except ValueError:
-        from ledger_core.errors import ValidationError
-
         raise ValidationError(f"must be one of {', '.join(c.value for c in Cadence)}", field="cadence") from None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ledger_pipelines.errors import PipelineError, ValueOutOfRange
+from ledger_pipelines.errors import MissingBaseRow, ValueOutOfRange
 from ledger_pipelines.tables import (
     ACCOUNTS,
     ARROW_TYPES,
@@ -52,18 +52,8 @@ class Batch:
     last_log_hash: str
     tables: dict[str, pa.Table]
 
-    @property
-    def log_count(self) -> int:
-        return self.last_log_id - self.first_log_id + 1
-
     def row_counts(self) -> dict[str, int]:
         return {name: table.num_rows for name, table in self.tables.items()}
-
-
-class MissingBaseRow(PipelineError):
-    """A log changes a row the warehouse does not hold: the warehouse lost data; reset the pipeline to 0."""
-
-    error_code = "WAREHOUSE_INCOMPLETE"
 
 
 def _time(value: str | None) -> datetime | None:
@@ -84,10 +74,6 @@ class _Folder:
         self.transactions: dict[int, dict[str, Any]] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
         self.balances: dict[tuple[str, str], dict[str, Any]] = {}
-
-    @staticmethod
-    def money(value: Any) -> int:
-        return int(value)  # JSON gave an int already; range is checked column-wise in _arrow_table
 
     # -- base state --------------------------------------------------------------------------------
 
@@ -194,21 +180,21 @@ class _Folder:
         running = {(account, asset): [int(v["input"]), int(v["output"])]
                    for account, assets in (tx.get("preCommitVolumes") or {}).items() for asset, v in assets.items()}
         for index, p in enumerate(tx["postings"]):
-            amount = self.money(p["amount"])
+            amount = int(p["amount"])
             asset = p["asset"]
             self.postings.append({"ledger": self.ledger, "transaction_id": tx_id, "posting_index": index,
                                   "source": p["source"], "destination": p["destination"], "asset": asset,
                                   "amount": amount, "timestamp": timestamp, "log_id": log_id})
             for account, is_source in ((p["source"], True), (p["destination"], False)):
                 volumes = running.setdefault((account, asset), [0, 0])
-                volumes[1 if is_source else 0] += int(p["amount"])
+                volumes[1 if is_source else 0] += amount
                 self.moves.append({
                     "ledger": self.ledger, "transaction_id": tx_id, "posting_index": index, "is_source": is_source,
                     "account": account, "asset": asset, "amount": amount, "timestamp": timestamp,
                     "inserted_at": inserted_at,
-                    "post_commit_input": self.money(volumes[0]),
-                    "post_commit_output": self.money(volumes[1]),
-                    "post_commit_balance": self.money(volumes[0] - volumes[1]),
+                    "post_commit_input": volumes[0],
+                    "post_commit_output": volumes[1],
+                    "post_commit_balance": volumes[0] - volumes[1],
                     "log_id": log_id,
                 })
                 row = self.account(account, log_id, date)
@@ -218,9 +204,9 @@ class _Folder:
             for asset, v in assets.items():
                 self.balances[(account, asset)] = {
                     "ledger": self.ledger, "account": account, "asset": asset,
-                    "input": self.money(v["input"]),
-                    "output": self.money(v["output"]),
-                    "balance": self.money(int(v["input"]) - int(v["output"])),
+                    "input": int(v["input"]),
+                    "output": int(v["output"]),
+                    "balance": int(v["input"]) - int(v["output"]),
                     "log_id": log_id,
                 }
 
