@@ -25,7 +25,7 @@ from ledger_core.writer import LOGS_CHANNEL
 from ledger_pipelines import registry
 from ledger_pipelines.errors import LogGap, PipelineBusy, PipelineError, PipelineStopped
 from ledger_pipelines.loaders import FaultHook, open_loader
-from ledger_pipelines.loaders.base import SyncState
+from ledger_pipelines.loaders.base import Loader, SyncState
 from ledger_pipelines.reader import LogReader
 from ledger_pipelines.transforms import transform
 from ledger_pipelines.verify import CheckResult, verify
@@ -86,13 +86,16 @@ def sync_pipeline(
             if not pipeline.enabled:
                 raise PipelineStopped(pipeline_id)
             try:
-                report = _sync(conn, database_url, pipeline, environ, batch_size, progress, fail_at, started, reader)
-                if verify_after:
-                    exporter = registry.get_exporter(conn, pipeline.exporter_id)
-                    with open_loader(exporter.driver, exporter.config, environ) as loader:
-                        loader.setup()
-                        checks = verify(conn, loader, pipeline.ledger, report.to_log_id)
-                    report = replace(report, checks=checks)
+                if pipeline.last_log_id >= pipeline.ledger_last_log_id and not verify_after:
+                    return SyncReport(pipeline.id, pipeline.ledger, None, pipeline.last_log_id, 0, {}, 0,
+                                      time.perf_counter() - started)
+                exporter = registry.get_exporter(conn, pipeline.exporter_id)
+                with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
+                    loader.setup()
+                    report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at, started,
+                                   reader)
+                    if verify_after:
+                        report = replace(report, checks=verify(conn, loader, pipeline.ledger, report.to_log_id))
                 return report
             except Exception as exc:  # recorded whatever it is, so `pipelines get` shows it; then re-raised
                 registry.record_error(conn, pipeline_id, f"{type(exc).__name__}: {exc}")
@@ -101,17 +104,14 @@ def sync_pipeline(
             conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline_id),))
 
 
-def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, environ: Mapping[str, str],
-          batch_size: int, progress: Progress | None, fault: FaultHook, started: float,
+def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, loader: Loader, batch_size: int,
+          progress: Progress | None, fault: FaultHook, started: float,
           shared_reader: LogReader | None) -> SyncReport:
     cursor, target = pipeline.last_log_id, pipeline.ledger_last_log_id
     rows: Counter[str] = Counter()
     first: int | None = None
     if cursor < target:
-        exporter = registry.get_exporter(conn, pipeline.exporter_id)
-        with open_loader(exporter.driver, exporter.config, environ, fault) as loader, \
-                (nullcontext(shared_reader) if shared_reader else LogReader(database_url)) as reader:
-            loader.setup()
+        with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader:
             while cursor < target:
                 logs = reader.read(pipeline.ledger, after=cursor, up_to=target, limit=batch_size)
                 if logs.num_rows == 0:
