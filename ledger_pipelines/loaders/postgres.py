@@ -88,31 +88,28 @@ class PostgresLoader(Loader):
             for table in ALL_TABLES:
                 self.conn.execute(self.create_table_sql(table))
 
-    def _stage(self, table: Table, data: pa.Table) -> str:
-        staging = self.dialect.ident(f"staging_{table.name}")
-        self.conn.execute(f"CREATE TEMP TABLE {staging} (LIKE {self.qualified(table)}) ON COMMIT DROP")
+    def _temp_copy(self, name: str, source: Table, data: pa.Table) -> str:
+        """A temporary table (dropped at commit) typed like `source`'s columns in `data`, filled by one CSV COPY."""
+        temp = self.dialect.ident(name)
+        columns = ", ".join(self.dialect.ident(c) for c in data.column_names)
+        # Typed from the target, without its NOT NULL constraints (key-only tables leave the rest empty).
+        self.conn.execute(f"CREATE TEMP TABLE {temp} ON COMMIT DROP AS "
+                          f"SELECT {columns} FROM {self.qualified(source)} WITH NO DATA")
         buffer = io.BytesIO()
         pa_csv.write_csv(data, buffer, CSV_OPTIONS)
-        columns = ", ".join(self.dialect.ident(c) for c in table.column_names)
-        with self.conn.cursor().copy(f"COPY {staging} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+        with self.conn.cursor().copy(f"COPY {temp} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
             copy.write(buffer.getbuffer())
-        return staging
+        return temp
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
         key_columns = [k for k in table.key if k != "ledger"]
         wanted = pa.table({name: [k[i] for k in keys] for i, name in enumerate(key_columns)})
         join = " AND ".join(f"t.{self.dialect.ident(k)} = w.{self.dialect.ident(k)}" for k in key_columns)
         with translate_errors(), self.conn.transaction():
-            names = ", ".join(self.dialect.ident(k) for k in key_columns)
-            self.conn.execute(f"CREATE TEMP TABLE wanted_keys ON COMMIT DROP AS "
-                              f"SELECT {names} FROM {self.qualified(table)} WITH NO DATA")
-            buffer = io.BytesIO()
-            pa_csv.write_csv(wanted, buffer, CSV_OPTIONS)
-            with self.conn.cursor().copy(f"COPY wanted_keys ({names}) FROM STDIN WITH (FORMAT csv)") as copy:
-                copy.write(buffer.getbuffer())
+            wanted_keys = self._temp_copy("wanted_keys", table, wanted)
             columns = ", ".join(f"t.{self.dialect.ident(c)}" for c in table.column_names)
             cursor = self.conn.execute(
-                f"SELECT {columns} FROM {self.qualified(table)} t JOIN wanted_keys w ON {join} WHERE t.ledger = %s",
+                f"SELECT {columns} FROM {self.qualified(table)} t JOIN {wanted_keys} w ON {join} WHERE t.ledger = %s",
                 (ledger,),
             )
             return [dict(zip(table.column_names, _plain(row), strict=True)) for row in cursor.fetchall()]
@@ -122,7 +119,7 @@ class PostgresLoader(Loader):
         with translate_errors(), self.conn.transaction():
             for index, (name, data) in enumerate([*batch.tables.items(), (SYNC_STATE.name, state.as_table())]):
                 table = next(t for t in ALL_TABLES if t.name == name)
-                staging = self._stage(table, data)
+                staging = self._temp_copy(f"staging_{table.name}", table, data)
                 self.conn.execute(upsert_sql(self.dialect, self.qualified(table), table, staging))
                 if index == 0:
                     self.fault("mid_load")
