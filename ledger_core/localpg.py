@@ -6,13 +6,16 @@ reused across runs: `ensure_server()` starts it if it is not running and returns
 Binaries come from, in order: `LEDGER_PG_BIN` (passed in by the edge that reads the environment), the
 `pg_ctl` on PATH, the newest `/usr/lib/postgresql/*/bin`, and the `pgserver` wheel if installed.
 PostgreSQL refuses to run as root, so when we are root the server runs as the `postgres` system user
-(created if missing) and owns only its data directory. The server listens on 127.0.0.1 only, with
+(created if missing) and owns only its data directory; where it cannot reach the working folder (a
+`mktemp -d` or home directory, mode 700), the cluster lives under /var/lib/ledger-local-pg instead and
+`.ledger/pg.location` names it. The server listens on 127.0.0.1 only, with
 `trust` authentication: it is a development server, never a production one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -153,22 +156,38 @@ def _init(bin_dir: Path, data_dir: Path, durable: bool) -> None:
         conf.write("\n# ledger local server\n" + "\n".join(settings) + "\n")
 
 
+# Where a cluster lives when the server user cannot reach the folder asked for (see _reachable_data_dir).
+FALLBACK_ROOT = Path("/var/lib/ledger-local-pg")
+
+
+def _reachable_data_dir(data_dir: Path) -> Path:
+    """`data_dir`, or a fixed stand-in for it when the server user cannot search one of its parents.
+
+    As root, the server runs as `postgres`, which must reach its data directory through every parent. A
+    folder such as `mktemp -d` (mode 700) or a home directory blocks it; rather than loosen permissions the
+    user chose, the cluster then lives under FALLBACK_ROOT at a path derived from the requested one (so it
+    is found again next time), and `<data_dir>.location` beside the requested path says where.
+    """
+    data_dir = data_dir.resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return data_dir
+    if all(os.stat(parent).st_mode & 0o001 for parent in data_dir.parent.parents):
+        os.chmod(data_dir.parent, 0o755)  # `.ledger` itself is ours to open to the server user
+        return data_dir
+    fallback = FALLBACK_ROOT / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16] / data_dir.name
+    fallback.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (FALLBACK_ROOT, fallback.parent):
+        os.chmod(folder, 0o755)
+    (data_dir.parent / (data_dir.name + ".location")).write_text(f"{fallback}\n")
+    return fallback
+
+
 def ensure_server(
     data_dir: Path, *, bin_dir: str | None = None, durable: bool = True, preferred_port: int | None = None
 ) -> LocalServer:
     """Start the server on `data_dir` unless it is already running; initialise it on first use."""
-    data_dir = data_dir.resolve()
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    # The server user must be able to reach its data directory through every parent.
-    for parent in [data_dir.parent, *data_dir.parent.parents]:
-        if os.geteuid() == 0 and not os.stat(parent).st_mode & 0o001:
-            if parent == data_dir.parent:
-                os.chmod(parent, 0o755)
-            else:
-                raise LocalServerError(
-                    f"{parent} is not searchable by the '{SERVER_USER}' user the local server runs as; "
-                    "run from another folder or set LEDGER_DATABASE_URL"
-                )
+    data_dir = _reachable_data_dir(data_dir)
     lock_path = data_dir.parent / (data_dir.name + ".lock")
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two processes starting the same server at once
@@ -196,10 +215,11 @@ def ensure_server(
 
 def stop_server(data_dir: Path, *, bin_dir: str | None = None) -> None:
     """Stop the server on `data_dir` if it runs (fast shutdown)."""
-    if _running_port(data_dir.resolve()) is None:
+    data_dir = _reachable_data_dir(data_dir)
+    if _running_port(data_dir) is None:
         return
     _run(
-        [*_as_server_user(), str(find_bin_dir(bin_dir) / "pg_ctl"), "-D", str(data_dir.resolve()),
+        [*_as_server_user(), str(find_bin_dir(bin_dir) / "pg_ctl"), "-D", str(data_dir),
          "-m", "fast", "-w", "stop"],
         "stopping PostgreSQL",
     )
