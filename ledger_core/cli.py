@@ -1,9 +1,12 @@
 """`ledgerctl`: the command line over the ledger (and, when installed, its pipelines).
 
-Every command prints JSON on stdout and exits 0; on failure it prints one line `error: CODE: message`
-on stderr and exits 1 (2 for a usage error). This module and the Dagster resources are the only places
-that read the environment: LEDGER_DATABASE_URL (else the project's own local server under
-LEDGER_HOME/.ledger, LEDGER_HOME defaulting to the working folder) and LEDGER_PG_BIN.
+One convention for every command: success prints JSON on stdout and exits 0; a refused or failed command
+prints one line `error: CODE: message` on stderr and exits 1; a usage error (unknown option, missing
+argument, an argument of the wrong type) prints one line `error: USAGE: message` and exits 2. Nothing else
+reaches the terminal: an unexpected failure is `error: INTERNAL: …` (LEDGER_DEBUG=1 shows the traceback).
+This module and the Dagster resources are the only places that read the environment: LEDGER_DATABASE_URL
+(else the project's own local server under LEDGER_HOME/.ledger, LEDGER_HOME defaulting to the working
+folder), LEDGER_PG_BIN and LEDGER_DEBUG.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import click
 import psycopg
 
 from ledger_core import reads
+from ledger_core.audit import verify_deep
 from ledger_core.db import connect, local_database_url
 from ledger_core.errors import LedgerError, ValidationError
 from ledger_core.ledgers import create_ledger, list_ledgers
@@ -46,13 +50,50 @@ def emit(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
+EXIT_FAILED = 1  # the command was refused or failed: `error: CODE: message`
+EXIT_USAGE = 2  # the command line itself is wrong: `error: USAGE: message`
+
+
+def error_line(code: str, message: str) -> None:
+    """The one line every failure prints; user input echoed in it can never break the terminal encoding."""
+    first = " ".join(message.split()) or code
+    click.echo(f"error: {code}: {first}".encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
+
+
 class CliError(click.ClickException):
+    exit_code = EXIT_FAILED
+
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.code}: {self.format_message()}", err=True)
+        error_line(self.code, self.format_message())
+
+
+class LedgerCommandLine(click.Group):
+    """The root group: runs a command and turns every way it can end into the one convention above."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.pop("standalone_mode", None)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+            error_line("USAGE", exc.format_message() + where)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            error_line("ABORTED", "interrupted")
+            sys.exit(130)
+        except Exception as exc:  # a bug: still one line, with a way to see more
+            if os.environ.get("LEDGER_DEBUG"):
+                raise
+            error_line("INTERNAL", f"{type(exc).__name__}: {exc} (run with LEDGER_DEBUG=1 for the traceback)")
+            sys.exit(EXIT_FAILED)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -85,12 +126,27 @@ def open_db() -> psycopg.Connection:
     return connect(database_url())
 
 
+def read_text(path: str, *, field: str) -> str:
+    """The UTF-8 text of a file, or of stdin for `-`; any file that cannot be read is one ValidationError."""
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except IsADirectoryError:
+        raise ValidationError(f"{path!r} is a directory, not a file", field=field) from None
+    except FileNotFoundError:
+        raise ValidationError(f"no such file {path!r}", field=field) from None
+    except (OSError, ValueError) as exc:  # ValueError: a path with a NUL character
+        raise ValidationError(f"cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}", field=field) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{path!r} is not UTF-8 text (invalid byte at offset {exc.start})",
+                              field=field) from None
+
+
 def read_body(value: str) -> Any:
     """A JSON argument given inline, as @path, or as - for stdin."""
-    if value == "-":
-        return parse_json(sys.stdin.read())
-    if value.startswith("@"):
-        return parse_json(Path(value[1:]).read_text())
+    if value == "-" or value.startswith("@"):
+        return parse_json(read_text(value if value == "-" else value[1:], field="file"))
     return parse_json(value)
 
 
@@ -98,7 +154,7 @@ def parse_time(value: str | None, field: str) -> Any:
     return None if value is None else timestamp(value, field=field)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LedgerCommandLine, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """A double-entry ledger on PostgreSQL with a hash-chained log."""
 
@@ -158,7 +214,9 @@ def bulk_command(element: Any, line: int) -> Command:
     try:
         if not isinstance(element, dict) or "action" not in element:
             return NewTransaction.from_json(element)
-        action, data, key = element["action"], element.get("data") or {}, element.get("ik")
+        action, data, key = element["action"], element.get("data"), element.get("ik")
+        if not isinstance(data, dict):
+            raise ValidationError("must be a JSON object", field="data")
         if action == "CREATE_TRANSACTION":
             return NewTransaction.from_json(data, idempotency_key=key)
         if action == "ADD_METADATA":
@@ -166,21 +224,17 @@ def bulk_command(element: Any, line: int) -> Command:
         if action == "DELETE_METADATA":
             return DeleteMetadata.build(data.get("targetType"), data.get("targetId"), data.get("key"), key)
         if action == "REVERT_TRANSACTION":
-            return RevertTransaction(data.get("id"), bool(data.get("force", False)), key)
+            return RevertTransaction(data.get("id"), data.get("force", False), key)
         raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(BULK_ACTIONS)}")
     except ValidationError as exc:
         raise ValidationError(f"line {line}: {exc}") from None
 
 
 def read_ndjson(path: str) -> Iterator[tuple[int, Any]]:
-    stream = sys.stdin if path == "-" else open(path)  # noqa: SIM115 - closed below
-    try:
-        for number, text in enumerate(stream, start=1):
-            if text.strip():
-                yield number, parse_json(text, what=f"line {number}")
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+    # Split on \n only: str.splitlines() would also split inside JSON strings holding U+2028 and the like.
+    for number, line in enumerate(read_text(path, field="file").split("\n"), start=1):
+        if line.strip():
+            yield number, parse_json(line, what=f"line {number}")
 
 
 @tx.command("bulk")
@@ -346,11 +400,13 @@ def logs_list(ledger: str, after: int, limit: int) -> None:
 
 @logs.command("verify")
 @click.argument("ledger")
+@click.option("--deep", is_flag=True,
+              help="Also replay the log and prove transactions, moves, volumes and accounts equal it.")
 @handles_errors
-def logs_verify(ledger: str) -> None:
-    """Recompute the hash chain; name the first log that does not match (exit 1)."""
+def logs_verify(ledger: str, deep: bool) -> None:
+    """Recompute the hash chain (and with --deep, the tables); name the first difference (exit 1)."""
     with open_db() as conn:
-        emit(reads.verify_chain(conn, ledger).to_json())
+        emit(verify_deep(conn, ledger).to_json() if deep else reads.verify_chain(conn, ledger).to_json())
 
 
 @cli.group()
@@ -377,7 +433,7 @@ _register_pipeline_commands()
 
 
 def main() -> None:
-    cli(prog_name="ledgerctl")
+    cli.main(prog_name="ledgerctl")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,21 @@ class InsufficientFunds(LedgerError):
         self.transaction_index = transaction_index
 
 
+class VolumesOutOfRange(LedgerError):
+    """A write would take an account's input or output volume past the ledger's 76-digit bound."""
+
+    error_code = "VOLUMES_OUT_OF_RANGE"
+
+    def __init__(self, account: str, asset: str, volume: str, digits: int):
+        super().__init__(
+            f"account '{account}' would hold an {volume} volume of more than {digits} digits in {asset}; "
+            f"the ledger keeps every volume within {digits} digits so every warehouse can hold it exactly"
+        )
+        self.account = account
+        self.asset = asset
+        self.volume = volume
+
+
 class IdempotencyConflict(LedgerError):
     """The idempotency key was used before with a different request."""
 
@@ -123,6 +138,22 @@ class ChainBroken(LedgerError):
         self.ledger = ledger
         self.log_id = log_id
         self.reason = reason
+
+
+class LedgerInconsistent(LedgerError):
+    """A ledger table differs from what replaying the log gives: the table was altered outside the write path."""
+
+    error_code = "LEDGER_INCONSISTENT"
+
+    def __init__(self, ledger: str, table: str, key: dict, columns: list[str], log_value: str, table_value: str):
+        where = ", ".join(f"{k}={v}" for k, v in key.items())
+        what = f" in {', '.join(columns)}" if columns else ""
+        super().__init__(f"ledger '{ledger}': {table} ({where}) differs from the log's replay{what}: "
+                         f"the log says {log_value}, the table holds {table_value}")
+        self.ledger = ledger
+        self.table = table
+        self.key = key
+        self.columns = columns
 
 
 class LocalServerError(LedgerError):

@@ -39,6 +39,7 @@ def create_ledger(conn: psycopg.Connection, name: str, meta: Any = None) -> Ledg
 
 
 def get_ledger(conn: psycopg.Connection, name: str) -> LedgerInfo:
+    ledger_name(name)
     row = conn.execute(
         "SELECT name, created_at, metadata, last_log_id FROM ledger_core.ledgers WHERE name = %s", (name,)
     ).fetchone()

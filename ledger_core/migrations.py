@@ -106,6 +106,31 @@ CORE_MIGRATIONS: Sequence[str] = (
     # 2: moves_insertion (ledger, account, asset, seq) already serves lookups by account; the extra index
     # only cost every write (measured in bench/ledger_write.py).
     "DROP INDEX IF EXISTS ledger_core.moves_account_tx",
+    # 3: hash version 2 (the whole log, derived volumes included, in jsonb's text; see hashing.py), and the
+    # SQL that computes it, so chain checks run set-based. Logs written before keep version 1.
+    """
+    ALTER TABLE ledger_core.logs ADD COLUMN hash_version smallint NOT NULL DEFAULT 1;
+    ALTER TABLE ledger_core.logs ALTER COLUMN hash_version SET DEFAULT 2;
+
+    -- validation.format_timestamp, in SQL: RFC 3339 in UTC, fraction without trailing zeros.
+    CREATE FUNCTION ledger_core.rfc3339(timestamptz) RETURNS text LANGUAGE sql STABLE PARALLEL SAFE AS $$
+        SELECT to_char($1 AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+               || CASE WHEN extract(microseconds FROM $1)::bigint % 1000000 = 0 THEN ''
+                       ELSE '.' || rtrim(to_char($1 AT TIME ZONE 'UTC', 'US'), '0') END
+               || 'Z' $$;
+
+    -- hashing.canonical, in SQL: the bytes a version-2 log hash covers.
+    CREATE FUNCTION ledger_core.log_canonical(text, bigint, text, timestamptz, text, jsonb) RETURNS bytea
+        LANGUAGE sql STABLE PARALLEL SAFE AS $$
+        SELECT convert_to(jsonb_build_object('ledger', $1, 'id', $2, 'type', $3, 'date', ledger_core.rfc3339($4),
+                                             'idempotencyKey', $5, 'data', $6)::text, 'UTF8') $$;
+
+    -- Metadata as the log builds it: fold {"set": {...}} and {"delete": "key"} operations in log order.
+    CREATE FUNCTION ledger_core.metadata_step(jsonb, jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT CASE WHEN $2 ? 'delete' THEN $1 - ($2->>'delete') ELSE $1 || ($2->'set') END $$;
+    CREATE AGGREGATE ledger_core.fold_metadata(jsonb) (
+        SFUNC = ledger_core.metadata_step, STYPE = jsonb, INITCOND = '{}');
+    """,
 )
 
 

@@ -29,7 +29,8 @@ from ledger_core.models import (
     Volumes,
     volumes_from_json,
 )
-from ledger_core.validation import address_pattern, asset, timestamp
+from ledger_core.validation import address as check_address
+from ledger_core.validation import address_pattern, asset, format_timestamp, ledger_name, text, timestamp
 
 MAX_PAGE_SIZE = 1000
 
@@ -69,11 +70,13 @@ def transaction_from_row(row: Sequence[Any]) -> Transaction:
 
 
 def require_ledger(conn: psycopg.Connection, ledger: str) -> None:
+    ledger_name(ledger)
     if conn.execute("SELECT 1 FROM ledger_core.ledgers WHERE name = %s", (ledger,)).fetchone() is None:
         raise LedgerNotFound(ledger)
 
 
 def get_transaction(conn: psycopg.Connection, ledger: str, transaction_id: int) -> Transaction:
+    ledger_name(ledger)
     row = conn.execute(
         f"SELECT {_TX_COLUMNS} FROM ledger_core.transactions WHERE ledger = %s AND id = %s",
         (ledger, transaction_id),
@@ -132,7 +135,7 @@ def list_transactions(
         params += [ledger, address_pattern(account)]
     if reference:
         clauses.append("t.reference = %s")
-        params.append(reference)
+        params.append(text(reference, field="reference"))
     if start:
         clauses.append("t.timestamp >= %s")
         params.append(start)
@@ -152,24 +155,26 @@ def list_transactions(
     return Page(items, page_size, has_more, _encode_cursor(items[-1].id) if has_more else None)
 
 
-def get_account(conn: psycopg.Connection, ledger: str, address: str) -> Account:
+def get_account(conn: psycopg.Connection, ledger: str, account: str) -> Account:
+    ledger_name(ledger)
+    check_address(account)
     row = conn.execute(
         """SELECT metadata, first_usage, insertion_date, updated_at FROM ledger_core.accounts
            WHERE ledger = %s AND address = %s""",
-        (ledger, address),
+        (ledger, account),
     ).fetchone()
     if row is None:
         require_ledger(conn, ledger)
-        raise AccountNotFound(ledger, address)
+        raise AccountNotFound(ledger, account)
     volumes = {
         a: Volumes(int(i), int(o))
         for a, i, o in conn.execute(
             """SELECT asset, input::text, output::text FROM ledger_core.volumes
                WHERE ledger = %s AND account = %s ORDER BY asset""",
-            (ledger, address),
+            (ledger, account),
         )
     }
-    return Account(address, dict(row[0]), volumes, row[1], row[2], row[3])
+    return Account(account, dict(row[0]), volumes, row[1], row[2], row[3])
 
 
 def balances(
@@ -286,36 +291,109 @@ class ChainReport:
                 "lastHash": self.last_hash}
 
 
-def verify_chain(conn: psycopg.Connection, ledger: str) -> ChainReport:
-    """Recompute every hash from the first log; raise ChainBroken at the first log that does not match.
+def stored_log(row: Sequence[Any]) -> hashing.StoredLog:
+    """A row of (id, type, date, idempotency_key, data::text, hash, hash_version) as the hash sees it."""
+    log_id, log_type, date, key, data_text, hash_, version = row
+    return hashing.StoredLog(log_id, log_type, format_timestamp(date), key, data_text, bytes(hash_), version)
 
-    Runs in one REPEATABLE READ snapshot so writers committing meanwhile cannot make it disagree with itself.
+
+_STORED_LOGS = """SELECT id, type, date, idempotency_key, data::text, hash, hash_version FROM ledger_core.logs
+                  WHERE ledger = %s AND id > %s AND hash_version = ANY(%s) ORDER BY id LIMIT %s"""
+
+
+def iter_stored_logs(conn: psycopg.Connection, ledger: str, *, after: int = 0, batch: int = 5000,
+                     versions: Sequence[int] = (1, 2)) -> Iterator[hashing.StoredLog]:
+    """Every log after `after` (of the given hash versions), in id order, as its hash covers it."""
+    while True:
+        rows = conn.execute(_STORED_LOGS, (ledger, after, list(versions), batch)).fetchall()
+        yield from (stored_log(r) for r in rows)
+        if len(rows) < batch:
+            return
+        after = rows[-1][0]
+
+
+def log_link(conn: psycopg.Connection, ledger: str, log_id: int) -> tuple[bytes, int] | None:
+    """The stored hash and hash version of one log: where a check of the following logs starts."""
+    row = conn.execute("SELECT hash, hash_version FROM ledger_core.logs WHERE ledger = %s AND id = %s",
+                       (ledger, log_id)).fetchone()
+    return (bytes(row[0]), int(row[1])) if row else None
+
+
+def verify_chain(conn: psycopg.Connection, ledger: str, *, in_database: bool = True) -> ChainReport:
+    """Check every link of the chain; raise ChainBroken at the first log that does not match.
+
+    `in_database` checks the version-2 links set-based in PostgreSQL (`ledger_core.log_canonical`), which is
+    what `logs verify` runs; otherwise every link is recomputed here, by the code the pipelines run on what
+    they export. Both must agree (tested). Runs in one REPEATABLE READ snapshot, so writers committing
+    meanwhile cannot make it disagree with itself.
     """
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         require_ledger(conn, ledger)
-        return _verify_snapshot(conn, ledger)
+        return verify_chain_in_snapshot(conn, ledger, in_database=in_database)
 
 
-def _verify_snapshot(conn: psycopg.Connection, ledger: str) -> ChainReport:
+def verify_chain_in_snapshot(conn: psycopg.Connection, ledger: str, *, in_database: bool = True) -> ChainReport:
+    """verify_chain inside the caller's transaction (which should be REPEATABLE READ)."""
+    broken = _broken_in_database(conn, ledger) if in_database else _broken_in_python(conn, ledger)
+    if broken is not None:
+        raise ChainBroken(ledger, broken.log_id, broken.reason)
+    count, last_id, last_hash = conn.execute(
+        """SELECT count(*), coalesce(max(id), 0),
+                  (SELECT hash FROM ledger_core.logs WHERE ledger = %(l)s ORDER BY id DESC LIMIT 1)
+           FROM ledger_core.logs WHERE ledger = %(l)s""", {"l": ledger}).fetchone() or (0, 0, None)
+    head = conn.execute("SELECT last_log_id, last_log_hash FROM ledger_core.ledgers WHERE name = %s",
+                        (ledger,)).fetchone()
+    if head and head[0] != count:
+        raise ChainBroken(ledger, count + 1, f"the ledger counts {head[0]} logs, the log table has {count}")
+    if head and (bytes(head[1]) if head[1] is not None else None) != (bytes(last_hash) if last_hash else None):
+        raise ChainBroken(ledger, last_id, "the ledger's head hash differs from its last log's hash")
+    return ChainReport(ledger, count, last_id, bytes(last_hash).hex() if last_hash else None)
+
+
+def _broken_in_python(conn: psycopg.Connection, ledger: str) -> hashing.BrokenLink | None:
     previous: bytes | None = None
-    expected_id = 1
-    count = 0
-    for log in iter_logs(conn, ledger):
-        if log.id != expected_id:
-            raise ChainBroken(ledger, expected_id, f"log ids jump from {expected_id - 1} to {log.id}")
-        canonical = hashing.canonical_bytes(
-            ledger=ledger, log_id=log.id, log_type=str(log.type), date=log.date, data=log.data,
-            idempotency_key=log.idempotency_key,
-        )
-        computed = hashing.chain_hash(previous, canonical)
-        if computed != log.hash:
-            raise ChainBroken(ledger, log.id, f"stored hash {log.hash.hex()[:16]}… recomputed "
-                                              f"{computed.hex()[:16]}…")
-        previous = log.hash
-        expected_id += 1
-        count += 1
-    row = conn.execute("SELECT last_log_id FROM ledger_core.ledgers WHERE name = %s", (ledger,)).fetchone()
-    if row and row[0] != count:
-        raise ChainBroken(ledger, count + 1, f"the ledger counts {row[0]} logs, the log table has {count}")
-    return ChainReport(ledger, count, expected_id - 1, previous.hex() if previous else None)
+    previous_id, version = 0, 1
+    batch: list[hashing.StoredLog] = []
+    for log in iter_stored_logs(conn, ledger):
+        batch.append(log)
+        if len(batch) == 5000:
+            broken = hashing.first_broken_link(ledger, batch, previous=previous, previous_id=previous_id,
+                                               previous_version=version)
+            if broken:
+                return broken
+            previous, previous_id, version = batch[-1].hash, batch[-1].id, batch[-1].hash_version
+            batch = []
+    return hashing.first_broken_link(ledger, batch, previous=previous, previous_id=previous_id,
+                                     previous_version=version)
+
+
+def _broken_in_database(conn: psycopg.Connection, ledger: str) -> hashing.BrokenLink | None:
+    row = conn.execute(
+        """WITH l AS (
+               SELECT id, hash, hash_version, lag(id, 1, 0::bigint) OVER w AS prev_id, lag(hash) OVER w AS prev_hash,
+                      lag(hash_version, 1, 1::smallint) OVER w AS prev_version,
+                      CASE WHEN hash_version = 2 THEN sha256(coalesce(lag(hash) OVER w, ''::bytea)
+                           || ledger_core.log_canonical(ledger, id, type, date, idempotency_key, data)) END AS computed
+               FROM ledger_core.logs WHERE ledger = %s WINDOW w AS (ORDER BY id))
+           SELECT id, prev_id, hash_version, prev_version, encode(hash, 'hex'), encode(computed, 'hex') FROM l
+           WHERE id <> prev_id + 1 OR hash_version < prev_version OR hash_version NOT IN (1, 2)
+              OR (hash_version = 2 AND hash <> computed)
+           ORDER BY id LIMIT 1""",
+        (ledger,),
+    ).fetchone()
+    found = None
+    if row is not None:
+        log_id, prev_id, version, prev_version, stored, computed = row
+        if log_id != prev_id + 1:
+            found = hashing.BrokenLink(prev_id + 1, f"log ids jump from {prev_id} to {log_id}")
+        elif version < prev_version or version not in (1, 2):
+            found = hashing.BrokenLink(log_id, f"hash version {version} after version {prev_version}")
+        else:
+            found = hashing.BrokenLink(log_id, f"stored hash {stored[:16]}… recomputed {computed[:16]}…")
+    # Version-1 links (logs written before migration 3) have no SQL form: recompute them here.
+    old = hashing.first_broken_link(ledger, list(iter_stored_logs(conn, ledger, versions=(1,))),
+                                    previous=None, previous_id=0)
+    if old is not None and (found is None or old.log_id < found.log_id):
+        return old
+    return found

@@ -23,16 +23,47 @@ OVERDRAFT_KEY = "ledger/overdraft"
 UNBOUNDED = "unbounded"
 
 
+# Far more than any id or amount the ledger accepts (76 digits), far less than Python's 4,300-digit limit.
+MAX_NUMBER_DIGITS = 100
+MAX_JSON_DEPTH = 64  # the deepest valid request is 5 levels; deeper input is refused before parsing
+
+
 def parse_json(text: str, *, what: str = "body") -> Any:
-    """Parse JSON keeping every number exact: a non-integer number is refused, never turned into a float."""
+    """Parse JSON keeping every number exact: a non-integer number is refused, never turned into a float.
+
+    Hostile input gets a ValidationError, never a crash: nesting past MAX_JSON_DEPTH, numbers of more than
+    MAX_NUMBER_DIGITS digits, NUL characters and lone surrogates (checked by the validators downstream).
+    """
 
     def refuse_float(literal: str) -> Decimal:
+        if len(literal) > MAX_NUMBER_DIGITS:
+            raise ValidationError(f"a number of {len(literal)} characters is too long", field=what)
         return Decimal(literal)  # kept as Decimal so the amount validator names it in its error
 
+    def bounded_int(literal: str) -> int:
+        if len(literal) > MAX_NUMBER_DIGITS:
+            raise ValidationError(f"an integer of {len(literal.lstrip('-'))} digits is too large "
+                                  f"(amounts have at most {v.MONEY_DIGITS})", field=what)
+        return int(literal)
+
+    if _nesting(text) > MAX_JSON_DEPTH:
+        raise ValidationError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field=what)
     try:
-        return json.loads(text, parse_float=refuse_float)
+        return json.loads(text, parse_float=refuse_float, parse_int=bounded_int)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"invalid JSON: {exc}", field=what) from None
+
+
+def _nesting(text: str) -> int:
+    """An upper bound of the JSON's nesting depth (brackets inside strings count too: a safe over-estimate)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def overdraft_rule(value: str, *, field: str) -> int | None:
@@ -151,9 +182,9 @@ class RevertTransaction:
     idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.transaction_id, bool) or not isinstance(self.transaction_id, int) \
-                or self.transaction_id < 0:
-            raise ValidationError("must be a non-negative integer", field="transaction id")
+        transaction_id(self.transaction_id)
+        if not isinstance(self.force, bool):
+            raise ValidationError("must be true or false", field="force")
         _idempotency_key(self.idempotency_key)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -167,11 +198,7 @@ def _target(target_type: Any, target_id: Any) -> tuple[TargetType, str | int]:
         raise ValidationError("must be ACCOUNT or TRANSACTION", field="targetType") from None
     if kind is TargetType.ACCOUNT:
         return kind, v.address(target_id, field="targetId")
-    if isinstance(target_id, str) and target_id.isdigit():
-        target_id = int(target_id)
-    if isinstance(target_id, bool) or not isinstance(target_id, int) or target_id < 0:
-        raise ValidationError("must be a transaction id", field="targetId")
-    return kind, target_id
+    return kind, transaction_id(target_id, field="targetId")
 
 
 @dataclass(frozen=True)
@@ -209,7 +236,7 @@ class DeleteMetadata:
         kind, target = _target(target_type, target_id)
         if not isinstance(key, str) or not key:
             raise ValidationError("must be a non-empty string", field="key")
-        return cls(kind, target, key, _idempotency_key(idempotency_key))
+        return cls(kind, target, v.text(key, field="key"), _idempotency_key(idempotency_key))
 
     def fingerprint(self) -> dict[str, Any]:
         return {"kind": "DELETE_METADATA", "targetType": str(self.target_type), "targetId": self.target_id,
@@ -224,4 +251,13 @@ def _idempotency_key(key: Any) -> str | None:
         return None
     if not isinstance(key, str) or not key or len(key) > 256:
         raise ValidationError("must be a non-empty string of at most 256 characters", field="idempotency key")
-    return key
+    return v.text(key, field="idempotency key")
+
+
+def transaction_id(value: Any, *, field: str = "transaction id") -> int:
+    """A transaction id: an integer from 0 to 2^63 - 1 (or a string of its digits)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= v.MAX_ID:
+        raise ValidationError(f"must be a transaction id (an integer from 0 to {v.MAX_ID})", field=field)
+    return value

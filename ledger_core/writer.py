@@ -36,6 +36,7 @@ from ledger_core.errors import (
     LedgerNotFound,
     ReferenceConflict,
     TransactionNotFound,
+    VolumesOutOfRange,
 )
 from ledger_core.models import (
     Log,
@@ -57,7 +58,7 @@ from ledger_core.requests import (
     SetMetadata,
     overdraft_rule,
 )
-from ledger_core.validation import WORLD, ledger_name
+from ledger_core.validation import MAX_AMOUNT, MONEY_DIGITS, WORLD, format_timestamp, ledger_name
 
 REVERTS_METADATA_KEY = "com.formance.spec/state/reverts"
 LOGS_CHANNEL = "ledger_core_logs"  # NOTIFY channel: payload "<ledger>:<last log id>"
@@ -223,7 +224,7 @@ class _Batch:
         row = self.conn.execute(
             """SELECT last_log_id, last_log_hash, last_transaction_id,
                       greatest(clock_timestamp(), last_log_date)
-               FROM ledger_core.ledgers WHERE name = %s FOR UPDATE""",
+               FROM ledger_core.ledgers WHERE name = %s FOR NO KEY UPDATE""",
             (self.ledger,),
         ).fetchone()
         assert row is not None
@@ -306,13 +307,14 @@ class _Batch:
 
     def _append_log(self, log_type: LogType, data: dict[str, Any], key: str | None, fingerprint: bytes) -> Log:
         self.last_log_id += 1
-        canonical = hashing.canonical_bytes(
-            ledger=self.ledger, log_id=self.last_log_id, log_type=str(log_type), date=self.date, data=data,
-            idempotency_key=key,
+        data_text = hashing.jsonb_text(data)  # stored as is: the text jsonb will print is the text hashed
+        canonical = hashing.canonical(
+            ledger=self.ledger, log_id=self.last_log_id, log_type=str(log_type), date=format_timestamp(self.date),
+            idempotency_key=key, data_text=data_text,
         )
         self.last_hash = hashing.chain_hash(self.last_hash, canonical)
         self.logs.append((self.ledger, self.last_log_id, str(log_type), self.date, key,
-                          fingerprint if key else None, json.dumps(data), self.last_hash))
+                          fingerprint if key else None, data_text, self.last_hash, hashing.HASH_VERSION))
         return Log(self.ledger, self.last_log_id, log_type, self.date, data, self.last_hash, key)
 
     def _touch_account(self, address: str, effective: datetime | None) -> _AccountState:
@@ -359,9 +361,13 @@ class _Batch:
                 raise InsufficientFunds(p.source, p.asset, source.balance, p.amount,
                                         transaction_index=index + 1 if len(self.commands) > 1 else 0)
             source.output += p.amount
+            if source.output > MAX_AMOUNT:
+                raise VolumesOutOfRange(p.source, p.asset, "output", MONEY_DIGITS)
             self._move(transaction_id, posting_index, p.source, p.asset, p.amount, True, timestamp, source)
             destination = self.volumes[(p.destination, p.asset)]
             destination.input += p.amount
+            if destination.input > MAX_AMOUNT:
+                raise VolumesOutOfRange(p.destination, p.asset, "input", MONEY_DIGITS)
             self._move(transaction_id, posting_index, p.destination, p.asset, p.amount, False, timestamp,
                        destination)
         post: dict[str, dict[str, Volumes]] = {}
@@ -490,8 +496,8 @@ class _Batch:
                  [r.reverted_at for r in changed], [r.log_id for r in changed], self.ledger),
             )
         with conn.cursor().copy(
-            """COPY ledger_core.logs (ledger, id, type, date, idempotency_key, idempotency_hash, data, hash)
-               FROM STDIN"""
+            """COPY ledger_core.logs (ledger, id, type, date, idempotency_key, idempotency_hash, data, hash,
+                                      hash_version) FROM STDIN"""
         ) as copy:
             for log_row in self.logs:
                 copy.write_row(log_row)

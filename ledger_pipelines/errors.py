@@ -124,6 +124,22 @@ class ValueOutOfRange(PipelineError):
         self.digits = digits
 
 
+class LogChainBroken(PipelineError):
+    """A log the sync was about to export does not verify against the hash chain: nothing of the batch loads."""
+
+    error_code = "CHAIN_BROKEN"
+
+    def __init__(self, ledger: str, log_id: int, reason: str):
+        super().__init__(
+            f"ledger '{ledger}': log {log_id} does not verify ({reason}); nothing of this batch was loaded. "
+            f"The ledger's data was altered: run `ledgerctl logs verify --deep {ledger}` to see what changed, and "
+            "restore the ledger database from a backup before syncing again"
+        )
+        self.ledger = ledger
+        self.log_id = log_id
+        self.reason = reason
+
+
 class LogGap(PipelineError):
     """The log reader saw ids that are not contiguous: never load past a hole."""
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from ledger_pipelines.errors import LogGap
 
 LOG_QUERY = """
-    SELECT id, type, date, idempotency_key, encode(hash, 'hex') AS hash, data::text AS data
+    SELECT id, type, date, idempotency_key, encode(hash, 'hex') AS hash, data::text AS data, hash_version
     FROM ledger_core.logs WHERE ledger = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4"""
 
 

@@ -2,6 +2,11 @@
 
 Exactly once in effect: the cursor moves only after the warehouse accepted the batch (and the batch's
 sync-state row), and every load is an idempotent merge keyed on natural keys with `log_id` as version.
+
+Nothing unverified is exported: every log of a batch is checked against the hash chain, link by link,
+starting from the hash of the log at the cursor, which must be the hash the warehouse received for it (its
+`sync_state`). A broken link stops the pipeline with CHAIN_BROKEN naming the log, before anything of the
+batch is loaded.
 Whatever a sync is killed at, re-running it replays at most the last batch, which changes nothing that
 was already there. A session advisory lock keeps two processes from syncing one pipeline at once, and
 the cursor moves by compare-and-set, so a reset during a sync is never overwritten.
@@ -20,10 +25,12 @@ from typing import Any
 
 import psycopg
 
+from ledger_core import hashing, reads
 from ledger_core.db import connect
+from ledger_core.validation import format_timestamp
 from ledger_core.writer import LOGS_CHANNEL
 from ledger_pipelines import registry
-from ledger_pipelines.errors import LogGap, PipelineBusy, PipelineError, PipelineStopped
+from ledger_pipelines.errors import LogChainBroken, LogGap, PipelineBusy, PipelineError, PipelineStopped
 from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader, SyncState
 from ledger_pipelines.reader import LogReader
@@ -111,12 +118,20 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
     rows: Counter[str] = Counter()
     first: int | None = None
     if cursor < target:
+        previous_hash, previous_version = _chain_anchor(conn, loader, pipeline)
         with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader:
             while cursor < target:
-                logs = reader.read(pipeline.ledger, after=cursor, up_to=target, limit=batch_size)
-                if logs.num_rows == 0:
+                logs = reader.read(pipeline.ledger, after=cursor, up_to=target, limit=batch_size).to_pylist()
+                if not logs:
                     raise LogGap(pipeline.ledger, cursor + 1, cursor)
-                batch = transform(pipeline.ledger, logs, loader.fetch_current)
+                stored = [hashing.StoredLog(r["id"], r["type"], format_timestamp(r["date"]), r["idempotency_key"],
+                                            r["data"], bytes.fromhex(r["hash"]), r["hash_version"]) for r in logs]
+                broken = hashing.first_broken_link(pipeline.ledger, stored, previous=previous_hash,
+                                                   previous_id=cursor, previous_version=previous_version)
+                if broken is not None:
+                    raise LogChainBroken(pipeline.ledger, broken.log_id, broken.reason)
+                previous_hash, previous_version = stored[-1].hash, stored[-1].hash_version
+                batch = transform(pipeline.ledger, logs, loader.fetch_current, loader.dialect.money_digits)
                 fault("before_load")
                 loader.load(batch, SyncState(pipeline.id, pipeline.ledger, batch.last_log_id, batch.last_log_hash,
                                              datetime.now(UTC)))
@@ -131,6 +146,25 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
     after = registry.get_pipeline(conn, pipeline.id)
     return SyncReport(pipeline.id, pipeline.ledger, first, cursor, cursor - pipeline.last_log_id, dict(rows),
                       after.lag, time.perf_counter() - started)
+
+
+def _chain_anchor(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipeline) -> tuple[bytes | None, int]:
+    """The hash (and hash version) the first log after the cursor must link to.
+
+    That is the ledger's stored hash of the log at the cursor; if the warehouse holds that log as its last,
+    the hash it received must be the same, or the ledger's copy was altered after it was exported.
+    """
+    cursor = pipeline.last_log_id
+    if cursor == 0:
+        return None, 1
+    link = reads.log_link(conn, pipeline.ledger, cursor)
+    if link is None:
+        raise LogChainBroken(pipeline.ledger, cursor, "the ledger no longer holds this exported log")
+    state = loader.read_sync_state(pipeline.id)
+    if state and state["last_log_id"] == cursor and state["last_log_hash"] != link[0].hex():
+        raise LogChainBroken(pipeline.ledger, cursor, f"the warehouse received hash {state['last_log_hash'][:16]}… "
+                                                      f"for it, the ledger now stores {link[0].hex()[:16]}…")
+    return link
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ from ledger_pipelines.tables import (
     Table,
 )
 
-MONEY_LIMIT = 10**MONEY_DIGITS
 MONEY_TYPE = ARROW_TYPES[Kind.MONEY]
 
 # fetch_current(table, ledger, keys) -> current warehouse rows (as dicts) for those keys
@@ -65,9 +64,10 @@ def _metadata_text(metadata: dict[str, str]) -> str:
 
 
 class _Folder:
-    def __init__(self, ledger: str, fetch_current: FetchCurrent):
+    def __init__(self, ledger: str, fetch_current: FetchCurrent, money_digits: int):
         self.ledger = ledger
         self.fetch_current = fetch_current
+        self.money_digits = money_digits
         self.logs: list[dict[str, Any]] = []
         self.postings: list[dict[str, Any]] = []
         self.moves: list[dict[str, Any]] = []
@@ -223,42 +223,48 @@ class _Folder:
 
         transactions = finished(list(self.transactions.values()))
         accounts = finished(list(self.accounts.values()))
-        return {table.name: _arrow_table(table, rows) for table, rows in (
+        return {table.name: _arrow_table(table, rows, self.money_digits) for table, rows in (
             (LOGS, self.logs), (TRANSACTIONS, transactions), (POSTINGS, self.postings), (MOVES, self.moves),
             (ACCOUNTS, accounts), (BALANCES, list(self.balances.values())),
         )}
 
 
-def _money_array(table: Table, column: str, rows: list[dict[str, Any]], values: list[int]) -> pa.Array:
-    """Exact money column: int64 when every value fits (fast), else Python ints up to 76 digits."""
+def _money_array(table: Table, column: str, rows: list[dict[str, Any]], values: list[int],
+                 digits: int) -> pa.Array:
+    """Exact money column: int64 when every value fits (fast), else Python ints up to `digits` digits."""
     try:
         return pa.array(values, pa.int64()).cast(MONEY_TYPE)
     except (OverflowError, pa.ArrowInvalid):
+        limit = 10 ** min(digits, MONEY_DIGITS)
         for row, value in zip(rows, values, strict=True):
-            if abs(value) >= MONEY_LIMIT:
-                raise ValueOutOfRange(int(row["log_id"]), table.name, column, value, MONEY_DIGITS) from None
+            if abs(value) >= limit:
+                raise ValueOutOfRange(int(row["log_id"]), table.name, column, value, min(digits, MONEY_DIGITS)) \
+                    from None
         return pa.array(values, MONEY_TYPE)
 
 
-def _arrow_table(table: Table, rows: list[dict[str, Any]]) -> pa.Table:
+def _arrow_table(table: Table, rows: list[dict[str, Any]], money_digits: int = MONEY_DIGITS) -> pa.Table:
     """Build the table column by column (much faster than row dicts to Arrow, and money never a Decimal)."""
     arrays = []
     for column in table.columns:
         values = [row[column.name] for row in rows]
         if column.kind is Kind.MONEY:
-            arrays.append(_money_array(table, column.name, rows, values))
+            arrays.append(_money_array(table, column.name, rows, values, money_digits))
         else:
             arrays.append(pa.array(values, ARROW_TYPES[column.kind]))
     return pa.Table.from_arrays(arrays, schema=table.arrow_schema)
 
 
-def transform(ledger: str, logs: pa.Table, fetch_current: FetchCurrent) -> Batch:
-    """Turn a contiguous batch of logs (as the reader returns them) into warehouse rows."""
-    if logs.num_rows == 0:
+def transform(ledger: str, rows: Sequence[dict[str, Any]], fetch_current: FetchCurrent,
+              money_digits: int = MONEY_DIGITS) -> Batch:
+    """Turn a contiguous batch of logs (the reader's rows, as dicts) into warehouse rows.
+
+    `money_digits` is the destination's: a wider value stops the pipeline naming the log and that limit.
+    """
+    if not rows:
         raise ValueError("transform needs at least one log")
-    rows = logs.to_pylist()
     parsed = [(row, json.loads(row["data"])) for row in rows]
-    folder = _Folder(ledger, fetch_current)
+    folder = _Folder(ledger, fetch_current, money_digits)
     folder.prefetch(parsed)
     for row, data in parsed:
         folder.apply(row, data)

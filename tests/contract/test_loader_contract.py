@@ -10,13 +10,16 @@ import pytest
 
 from ledger_core import reads
 from ledger_core.db import connect
+from ledger_core.errors import VolumesOutOfRange
 from ledger_core.requests import DeleteMetadata, RevertTransaction, SetMetadata
+from ledger_core.validation import MAX_AMOUNT, MONEY_DIGITS
 from ledger_core.writer import write
 from ledger_pipelines import registry
 from ledger_pipelines.errors import (
     ExporterInUse,
     InvalidExporterConfig,
     InvalidReset,
+    LogChainBroken,
     PipelineStopped,
     ValueOutOfRange,
 )
@@ -136,11 +139,27 @@ def test_amounts_of_ten_to_the_thirty_are_exact(conn, ledger, pipeline, destinat
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
 
 
+def test_the_ledgers_largest_values_fit_every_76_digit_destination(conn, ledger, pipeline, destination):
+    with destination.loader() as loader:
+        if loader.dialect.money_digits < MONEY_DIGITS:
+            pytest.skip(f"{destination.driver} holds {loader.dialect.money_digits} digits: see the next test")
+    send(conn, ledger, posting("world", "a", MAX_AMOUNT))
+    with pytest.raises(VolumesOutOfRange):  # world's output volume would pass 76 digits: refused at write time
+        send(conn, ledger, posting("world", "b", 1))
+    sync(conn, pipeline, destination)
+    with destination.loader() as loader:
+        balances = {r["account"]: int(r["balance"]) for r in loader.read_table(BALANCES, ledger).to_pylist()}
+        assert balances == {"world": -MAX_AMOUNT, "a": MAX_AMOUNT}
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+
+
 def test_value_beyond_destination_limit_stops_with_the_log(conn, ledger, pipeline, destination):
     limit = destination.loader().dialect.money_digits
+    if limit >= MONEY_DIGITS:
+        pytest.skip(f"{destination.driver} holds every value the ledger accepts ({limit} digits)")
     send(conn, ledger, posting("world", "a", 5))
     send(conn, ledger, posting("world", "a", 10**limit))
-    with pytest.raises(ValueOutOfRange) as info:
+    with pytest.raises(ValueOutOfRange, match=f"holds at most {limit} exactly") as info:
         sync(conn, pipeline, destination)
     assert info.value.log_id == 2
     stuck = registry.get_pipeline(conn, pipeline.id)
@@ -225,3 +244,47 @@ def test_reset_during_a_sync_wins_and_the_next_sync_converges(conn, ledger, pipe
     assert sync(conn, pipeline, destination).to_log_id == 30
     with destination.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+
+
+def test_a_log_edited_before_export_stops_the_sync_and_loads_nothing(conn, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 5)
+    sync(conn, pipeline, destination)
+    activity(conn, ledger, 5, 5)
+    conn.execute("""UPDATE ledger_core.logs SET data = jsonb_set(data, '{transaction,postings,0,amount}', '1')
+                    WHERE ledger = %s AND id = 8""", (ledger,))
+    with pytest.raises(LogChainBroken) as info:
+        sync(conn, pipeline, destination, batch_size=100)
+    assert info.value.log_id == 8 and info.value.error_code == "CHAIN_BROKEN"
+    stuck = registry.get_pipeline(conn, pipeline.id)
+    assert stuck.last_log_id == 5 and "log 8 does not verify" in stuck.last_error
+    with destination.loader() as loader:
+        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2, 3, 4, 5]  # 6 and 7 held back too
+
+
+def test_edited_post_commit_volumes_never_reach_the_warehouse(conn, ledger, pipeline, destination):
+    send(conn, ledger, posting("world", "a", 5))
+    conn.execute("""UPDATE ledger_core.logs SET data = jsonb_set(data, '{transaction,postCommitVolumes,a,USD/2}',
+                        '{"input": 777777, "output": 0, "balance": 777777}') WHERE ledger = %s AND id = 1""", (ledger,))
+    with pytest.raises(LogChainBroken, match="log 1 does not verify"):
+        sync(conn, pipeline, destination)
+    with destination.loader() as loader:
+        assert loader.read_table(BALANCES, ledger).num_rows == 0
+
+
+def test_an_exported_log_rewritten_with_a_valid_hash_is_caught_by_the_warehouse_anchor(conn, ledger, pipeline,
+                                                                                       destination):
+    activity(conn, ledger, 0, 3)
+    sync(conn, pipeline, destination)
+    # Rewrite the last exported log *and* its hash and the ledger's head, so the chain alone still verifies.
+    row = conn.execute("SELECT hash FROM ledger_core.logs WHERE ledger = %s AND id = 2", (ledger,)).fetchone()
+    conn.execute("""UPDATE ledger_core.logs SET data = jsonb_set(data, '{transaction,metadata,n}', '"forged"')
+                    WHERE ledger = %s AND id = 3""", (ledger,))
+    forged = conn.execute("""SELECT sha256(%s || ledger_core.log_canonical(ledger, id, type, date, idempotency_key,
+                                                                          data))
+                             FROM ledger_core.logs WHERE ledger = %s AND id = 3""", (row[0], ledger)).fetchone()[0]
+    conn.execute("UPDATE ledger_core.logs SET hash = %s WHERE ledger = %s AND id = 3", (forged, ledger))
+    conn.execute("UPDATE ledger_core.ledgers SET last_log_hash = %s WHERE name = %s", (forged, ledger))
+    reads.verify_chain(conn, ledger)  # the forgery is self-consistent
+    activity(conn, ledger, 3, 2)
+    with pytest.raises(LogChainBroken, match=r"log 3 does not verify \(the warehouse received hash"):
+        sync(conn, pipeline, destination)
