@@ -79,8 +79,11 @@ class LedgerCommandLine(click.Group):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except click.UsageError as exc:
+            message = exc.format_message()
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError) and isinstance(exc.ctx.command, click.Group):
+                message = f"missing a command: one of {', '.join(exc.ctx.command.list_commands(exc.ctx))}"
             where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-            error_line("USAGE", exc.format_message() + where)
+            error_line("USAGE", message + where)
             sys.exit(EXIT_USAGE)
         except click.ClickException as exc:
             exc.show()

@@ -8,10 +8,12 @@ a config value `{"env": "NAME"}` is read from the environment when the exporter 
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,7 +30,7 @@ from ledger_pipelines.errors import (
     PipelineAlreadyExists,
     PipelineNotFound,
 )
-from ledger_pipelines.loaders import validate_config
+from ledger_pipelines.loaders import prepare_config
 
 PIPELINE_MIGRATIONS = (
     """
@@ -107,12 +109,22 @@ class Pipeline:
         }
 
 
+ID = re.compile(r"[0-9a-f]{12}")
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def create_exporter(conn: psycopg.Connection, driver: str, config: Any) -> Exporter:
-    checked = validate_config(driver, config)
+def _well_formed(value: Any) -> bool:
+    """Ids are 12 hex digits: anything else cannot exist, and is answered without a query."""
+    return isinstance(value, str) and ID.fullmatch(value) is not None
+
+
+def create_exporter(conn: psycopg.Connection, driver: str, config: Any, *, base_dir: Path | None = None) -> Exporter:
+    """Validate and store an exporter; relative paths in its config are resolved against `base_dir` (the
+    folder the user typed them in, default the working folder) and stored absolute."""
+    checked = prepare_config(driver, config, base_dir or Path.cwd())
     row = conn.execute(
         """INSERT INTO ledger_pipelines.exporters (id, driver, config) VALUES (%s, %s, %s)
            RETURNING id, driver, config, created_at""",
@@ -123,6 +135,8 @@ def create_exporter(conn: psycopg.Connection, driver: str, config: Any) -> Expor
 
 
 def get_exporter(conn: psycopg.Connection, exporter_id: str) -> Exporter:
+    if not _well_formed(exporter_id):
+        raise ExporterNotFound(exporter_id)
     row = conn.execute(
         "SELECT id, driver, config, created_at FROM ledger_pipelines.exporters WHERE id = %s", (exporter_id,)
     ).fetchone()
@@ -190,6 +204,8 @@ def _cadence(value: str) -> Cadence:
 
 
 def get_pipeline(conn: psycopg.Connection, pipeline_id: str) -> Pipeline:
+    if not _well_formed(pipeline_id):
+        raise PipelineNotFound(pipeline_id)
     row = conn.execute(_PIPELINE_SELECT + " WHERE p.id = %s", (pipeline_id,)).fetchone()
     if row is None:
         raise PipelineNotFound(pipeline_id)
@@ -205,6 +221,7 @@ def list_pipelines(conn: psycopg.Connection, *, ledger: str | None = None) -> li
 
 
 def set_enabled(conn: psycopg.Connection, pipeline_id: str, enabled: bool) -> Pipeline:
+    get_pipeline(conn, pipeline_id)
     updated = conn.execute(
         "UPDATE ledger_pipelines.pipelines SET enabled = %s WHERE id = %s RETURNING id", (enabled, pipeline_id)
     ).fetchone()
@@ -214,6 +231,7 @@ def set_enabled(conn: psycopg.Connection, pipeline_id: str, enabled: bool) -> Pi
 
 
 def set_cadence(conn: psycopg.Connection, pipeline_id: str, cadence: str) -> Pipeline:
+    get_pipeline(conn, pipeline_id)
     updated = conn.execute(
         "UPDATE ledger_pipelines.pipelines SET cadence = %s WHERE id = %s RETURNING id",
         (str(_cadence(cadence)), pipeline_id),
@@ -239,6 +257,7 @@ def reset_pipeline(conn: psycopg.Connection, pipeline_id: str, to_log_id: int = 
 
 
 def delete_pipeline(conn: psycopg.Connection, pipeline_id: str) -> None:
+    get_pipeline(conn, pipeline_id)
     deleted = conn.execute(
         "DELETE FROM ledger_pipelines.pipelines WHERE id = %s RETURNING id", (pipeline_id,)
     ).fetchone()

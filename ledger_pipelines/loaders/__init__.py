@@ -17,6 +17,7 @@ money type stop the pipeline (`ValueOutOfRange`) instead of being rounded.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ledger_pipelines.loaders.base import FaultHook, Loader, LoaderRegistry
@@ -31,6 +32,12 @@ REGISTRY = LoaderRegistry({
 def validate_config(driver: str, config: Any) -> dict[str, Any]:
     """Check a config for `driver` without connecting anywhere; return it normalised."""
     return REGISTRY.get(driver).validate(config)
+
+
+def prepare_config(driver: str, config: Any, base_dir: Path) -> dict[str, Any]:
+    """What `exporters create` stores: the config validated, with paths made absolute against `base_dir`."""
+    loader = REGISTRY.get(driver)
+    return loader.prepare(loader.validate(config), base_dir)
 
 
 def open_loader(driver: str, config: Any, environ: Any, fault: FaultHook | None = None) -> Loader:

@@ -10,11 +10,13 @@ Warehouse quirks live in the warehouse's own module and nowhere else.
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -77,13 +79,30 @@ class ConfigField:
 PORT_BOUNDS = (1, 65535)
 
 
-SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _check_strings(driver: str, value: Any, where: str) -> None:
+    """Every string of a config, keys included, must be storable (no NUL) and encodable (no lone surrogate)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidExporterConfig(driver, f"{where} must not contain the NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidExporterConfig(driver, f"{where} must be valid Unicode (it holds a lone surrogate)") from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_strings(driver, key, f"a key of {where}")
+            _check_strings(driver, item, f"'{key}'" if where == "the config" else where)
 
 
 def check_config(driver: str, fields: Sequence[ConfigField], config: Any) -> dict[str, Any]:
     """Validate a config against its fields: required keys, types, no unknown keys, secrets by env name."""
     if not isinstance(config, Mapping):
         raise InvalidExporterConfig(driver, "config must be a JSON object")
+    _check_strings(driver, config, "the config")
     known = {f.name: f for f in fields}
     unknown = sorted(set(config) - set(known))
     if unknown:
@@ -98,8 +117,11 @@ def check_config(driver: str, fields: Sequence[ConfigField], config: Any) -> dic
             continue
         value = config[f.name]
         if isinstance(value, Mapping) and set(value) == {"env"}:
-            if not f.secret or not isinstance(value["env"], str) or not value["env"]:
+            if not f.secret:
                 raise InvalidExporterConfig(driver, f"'{f.name}' cannot be read from the environment")
+            if not isinstance(value["env"], str) or not ENV_NAME.fullmatch(value["env"]):
+                raise InvalidExporterConfig(driver, f"'{f.name}': {{\"env\": …}} must name an environment "
+                                                    f"variable (letters, digits, '_'), got {value['env']!r}")
             checked[f.name] = {"env": value["env"]}
             continue
         if f.secret:
@@ -113,7 +135,7 @@ def check_config(driver: str, fields: Sequence[ConfigField], config: Any) -> dic
                                                 f"got {value}")
         checked[f.name] = value
     schema = checked.get("schema")
-    if schema is not None and not SCHEMA_NAME.match(schema):
+    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
         raise InvalidExporterConfig(driver, f"'schema' must be a plain identifier, got {schema!r}")
     return checked
 
@@ -121,6 +143,27 @@ def check_config(driver: str, fields: Sequence[ConfigField], config: Any) -> dic
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join({str: "a string", int: "an integer", bool: "true or false"}.get(k, k.__name__) for k in kinds)
+
+
+def local_path(driver: str, key: str, value: str, base_dir: Path, *, folder: bool = False) -> str:
+    """`value` made absolute against `base_dir`, after checking files can be created where it points.
+
+    `folder`: the path is a data folder (created now), else a file (its folder is created now).
+    """
+    path = Path(value).expanduser()
+    path = (path if path.is_absolute() else base_dir / path).resolve()
+    where = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise InvalidExporterConfig(driver, f"'{key}': {str(path)!r} is a folder; give a file path")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        probe = where / f".ledger-probe-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidExporterConfig(driver, f"'{key}': cannot create files in {str(where)!r} "
+                                            f"({exc.strerror or exc}); choose a writable folder") from None
+    return str(path)
 
 
 def resolve_secret(driver: str, key: str, value: Any, environ: Mapping[str, str]) -> Any:
@@ -148,6 +191,12 @@ class Loader(ABC):
     @classmethod
     def validate(cls, config: Any) -> dict[str, Any]:
         return check_config(cls.driver, cls.config_fields, config)
+
+    @classmethod
+    def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+        """At `exporters create`, once: resolve relative paths against `base_dir` (where the user typed them)
+        and check that what the config points at can be used. The result is what is stored."""
+        return config
 
     def secret(self, key: str) -> Any:
         return resolve_secret(self.driver, key, self.config.get(key), self.environ)

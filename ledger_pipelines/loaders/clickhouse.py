@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
@@ -37,7 +38,7 @@ import pyarrow as pa
 from clickhouse_connect.driver import exceptions as ch_errors
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import PORT_BOUNDS, ConfigField, Dialect, Loader, SyncState
+from ledger_pipelines.loaders.base import PORT_BOUNDS, ConfigField, Dialect, Loader, SyncState, local_path
 from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, SYNC_STATE, Kind, Table
 from ledger_pipelines.transforms import Batch
 
@@ -90,7 +91,17 @@ class ClickHouseLoader(Loader):
                                                     "not for 'chdb_path'")
         if not checked["host" if "host" in checked else "chdb_path"].strip():
             raise InvalidExporterConfig(cls.driver, "'host' must not be empty")
+        if "host" in checked and any(c in checked["host"] for c in "@/?# "):
+            raise InvalidExporterConfig(cls.driver, "'host' is a host name only (no user, password, scheme or "
+                                                    "path); give 'password': {\"env\": \"VARIABLE\"}")
         return checked
+
+    @classmethod
+    def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+        if "chdb_path" not in config:
+            return config
+        return {**config, "chdb_path": local_path(cls.driver, "chdb_path", config["chdb_path"], base_dir,
+                                                 folder=True)}
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

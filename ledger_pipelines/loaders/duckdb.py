@@ -22,8 +22,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ledger_pipelines.errors import LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState
+from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
+from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState, local_path
 from ledger_pipelines.tables import ALL_TABLES, SYNC_STATE, Kind, Table
 from ledger_pipelines.transforms import Batch
 
@@ -69,11 +69,31 @@ class DuckDBLoader(Loader):
         ConfigField("schema", str, default="ledger"),
     )
 
+    @classmethod
+    def validate(cls, config: Any) -> dict[str, Any]:
+        checked = super().validate(config)
+        path = checked["path"]
+        if not path.strip():
+            raise InvalidExporterConfig(cls.driver, "'path' must not be empty")
+        if "token" in path.partition("?")[2].lower():
+            raise InvalidExporterConfig(cls.driver, "'path' must not carry a token; DuckDB exports to a local file")
+        return checked
+
+    @classmethod
+    def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+        if config["path"] == ":memory:":
+            return config
+        return {**config, "path": local_path(cls.driver, "path", config["path"], base_dir)}
+
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         path = self.config["path"]
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LoadError(f"duckdb: cannot create the folder of {path!r} ({exc.strerror or exc}); "
+                                "point the exporter at a writable folder") from None
         with translate_errors():
             self.con = duckdb.connect(path)
             self.con.execute("SET TimeZone = 'UTC'")

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from psycopg.conninfo import conninfo_to_dict
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
 from ledger_pipelines.loaders.base import PORT_BOUNDS, ConfigField, Dialect, Loader, SyncState, upsert_sql
@@ -32,6 +33,7 @@ DIALECT = Dialect(
     money_digits=76,
 )
 CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})  # libpq parameters that carry a secret
 
 
 @contextmanager
@@ -64,8 +66,16 @@ class PostgresLoader(Loader):
         checked = super().validate(config)
         if "dsn" not in checked and not ("host" in checked and "database" in checked):
             raise InvalidExporterConfig(cls.driver, "give 'dsn', or 'host' and 'database'")
-        if "dsn" in checked and "password=" in checked["dsn"].replace(" ", ""):
-            raise InvalidExporterConfig(cls.driver, "'dsn' must not hold a password; use 'password': {\"env\": …}")
+        if "dsn" in checked:
+            try:
+                parsed = conninfo_to_dict(checked["dsn"])
+            except psycopg.Error as exc:
+                raise InvalidExporterConfig(cls.driver, f"'dsn' is not a connection string: {exc}") from None
+            # In any form libpq accepts: key=value, a URI's user:password@, or ?password= in its query.
+            embedded = sorted(SECRET_PARAMETERS & set(parsed))
+            if embedded:
+                raise InvalidExporterConfig(cls.driver, f"'dsn' must not hold a secret ({', '.join(embedded)}); "
+                                                        "give 'password': {\"env\": \"VARIABLE\"} instead")
         return checked
 
     def __init__(self, *args: Any, **kwargs: Any):

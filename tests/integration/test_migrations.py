@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg
+import pytest
 
 from ledger_core.db import ensure_database
 from ledger_core.migrations import CORE_MIGRATIONS, migrate, migrate_core
@@ -23,3 +26,46 @@ def test_migrations_apply_once_and_upgrade(pg_admin_url):
             "SELECT version FROM ledger_core.schema_migrations WHERE component = 'core' ORDER BY version"
         ).fetchall()
         assert [v for (v,) in versions] == list(range(1, len(steps) + 1))
+
+
+def test_a_chain_of_version_1_logs_continues_in_version_2(conn, ledger, tmp_path):
+    """A database from before migration 3: its logs keep their version-1 hashes, new logs are version 2, and
+    both verifications, the deep check and a sync accept the mixed chain; a version-1 log cannot come back."""
+    from ledger_core import hashing, reads
+    from ledger_core.audit import verify_deep
+    from ledger_core.errors import ChainBroken, LedgerInconsistent
+    from ledger_pipelines import registry
+    from ledger_pipelines.sync import sync_pipeline
+    from tests.helpers import posting, send
+
+    for i in range(3):
+        send(conn, ledger, posting("world", f"users:{i}", 10 + i), metadata={"n": str(i)})
+    previous = None
+    for log in list(reads.iter_stored_logs(conn, ledger)):  # rewrite them as the old writer hashed them
+        previous = hashing.chain_hash(previous, hashing.canonical_v1(
+            ledger=ledger, log_id=log.id, log_type=log.type, date=log.date, idempotency_key=log.idempotency_key,
+            data=json.loads(log.data_text)))
+        conn.execute("UPDATE ledger_core.logs SET hash = %s, hash_version = 1 WHERE ledger = %s AND id = %s",
+                     (previous, ledger, log.id))
+    conn.execute("UPDATE ledger_core.ledgers SET last_log_hash = %s WHERE name = %s", (previous, ledger))
+    send(conn, ledger, posting("users:1", "users:2", 5))
+    versions = [v for (v,) in conn.execute("SELECT hash_version FROM ledger_core.logs WHERE ledger = %s ORDER BY id",
+                                           (ledger,))]
+    assert versions == [1, 1, 1, 2]
+    assert reads.verify_chain(conn, ledger).logs == reads.verify_chain(conn, ledger, in_database=False).logs == 4
+    verify_deep(conn, ledger)
+    registry.migrate_pipelines(conn)
+    exporter = registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "w.duckdb")})
+    pipeline = registry.create_pipeline(conn, ledger, exporter.id)
+    assert sync_pipeline(conn.info.dsn, pipeline.id, environ={}).to_log_id == 4
+    # Version 1 does not cover volumes; the replay does.
+    conn.execute("""UPDATE ledger_core.logs
+                    SET data = jsonb_set(data, '{transaction,postCommitVolumes,users:0,USD/2,input}', '99')
+                    WHERE ledger = %s AND id = 1""", (ledger,))
+    reads.verify_chain(conn, ledger)
+    with pytest.raises(LedgerInconsistent, match="transactions"):
+        verify_deep(conn, ledger)
+    conn.execute("UPDATE ledger_core.logs SET hash_version = 1 WHERE ledger = %s AND id = 4", (ledger,))
+    for in_database in (True, False):
+        with pytest.raises(ChainBroken, match="log 4"):
+            reads.verify_chain(conn, ledger, in_database=in_database)
