@@ -37,5 +37,7 @@ bench: $(STAMP)
 dev: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# Stops the local PostgreSQL servers of this folder and deletes their data wherever it lives (it says where).
 clean:
+	@if [ -x $(BIN)/ledgerctl ]; then LEDGER_HOME=$(CURDIR) LEDGER_DATABASE_URL= $(BIN)/ledgerctl db remove --yes >/dev/null; fi
 	rm -rf $(VENV) .ledger .dagster_home

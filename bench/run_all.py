@@ -9,7 +9,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["ledger_write", "sync", "freshness"]
+    names = sys.argv[1:] or ["ledger_write", "concurrent_write", "sync", "freshness", "verify"]
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")

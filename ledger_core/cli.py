@@ -22,11 +22,12 @@ from typing import Any
 import click
 import psycopg
 
-from ledger_core import reads
+from ledger_core import localpg, reads
 from ledger_core.audit import verify_deep
-from ledger_core.db import connect, local_database_url
+from ledger_core.db import connect, local_data_dir, local_database_url
 from ledger_core.errors import LedgerError, ValidationError
 from ledger_core.ledgers import create_ledger, list_ledgers
+from ledger_core.localpg import LocalServer
 from ledger_core.requests import (
     Command,
     DeleteMetadata,
@@ -39,11 +40,21 @@ from ledger_core.validation import timestamp
 from ledger_core.writer import write
 
 
+def ledger_home() -> Path:
+    return Path(os.environ.get("LEDGER_HOME", ".")).resolve()
+
+
 def database_url() -> str:
     url = os.environ.get("LEDGER_DATABASE_URL")
     if url:
         return url
-    return local_database_url(Path(os.environ.get("LEDGER_HOME", ".")), pg_bin=os.environ.get("LEDGER_PG_BIN"))
+
+    def started(server: LocalServer) -> None:  # never silent: which server, and where its data lives
+        what = "created a new, empty" if server.initialised else "started the"
+        click.echo(f"ledgerctl: {what} local PostgreSQL server for {ledger_home()}: data in {server.data_dir}, "
+                   f"port {server.port} (set LEDGER_DATABASE_URL or LEDGER_HOME to use another)", err=True)
+
+    return local_database_url(ledger_home(), pg_bin=os.environ.get("LEDGER_PG_BIN"), on_start=started)
 
 
 def emit(value: Any) -> None:
@@ -422,6 +433,41 @@ def db() -> None:
 def db_url() -> None:
     """Print the database URL in use (starting the local server if needed)."""
     emit({"url": database_url()})
+
+
+@db.command("status")
+@handles_errors
+def db_status() -> None:
+    """Which database is used, and the local server's state (never starts it)."""
+    configured = os.environ.get("LEDGER_DATABASE_URL")
+    local = localpg.server_status(local_data_dir(ledger_home()))
+    emit({"using": "LEDGER_DATABASE_URL" if configured else "local server", "ledgerHome": str(ledger_home()),
+          "local": local.to_json()})
+
+
+@db.command("stop")
+@handles_errors
+def db_stop() -> None:
+    """Stop the local server of LEDGER_HOME (its data stays; the next command starts it again)."""
+    data_dir = local_data_dir(ledger_home())
+    emit({"stopped": localpg.stop_server(data_dir, bin_dir=os.environ.get("LEDGER_PG_BIN")),
+          "dataDir": str(localpg.locate(data_dir))})
+
+
+@db.command("remove")
+@click.option("--yes", is_flag=True, help="Really delete: without it, only say what would be removed.")
+@handles_errors
+def db_remove(yes: bool) -> None:
+    """Stop every local server of LEDGER_HOME (the ledger's, the benchmarks') and delete their data."""
+    clusters = localpg.local_clusters(ledger_home())
+    where = [str(localpg.locate(c)) for c in clusters]
+    if not yes:
+        emit({"wouldRemove": where, "hint": "run again with --yes to delete them"})
+        return
+    for cluster, real in zip(clusters, where, strict=True):
+        click.echo(f"ledgerctl: stopping and removing the local PostgreSQL server at {real}", err=True)
+        localpg.remove_server(cluster, bin_dir=os.environ.get("LEDGER_PG_BIN"))
+    emit({"removed": where})
 
 
 def _register_pipeline_commands() -> None:

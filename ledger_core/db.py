@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
-from ledger_core.localpg import ensure_server
+from ledger_core.localpg import LocalServer, ensure_server
 from ledger_core.migrations import migrate_core
 
 LOCAL_DATABASE = "ledger"
 
 
-def local_database_url(workdir: Path, *, pg_bin: str | None = None) -> str:
-    """Start (or reuse) the project's own server under `workdir/.ledger/pg` and return its URL."""
-    server = ensure_server(workdir / ".ledger" / "pg", bin_dir=pg_bin)
+def local_data_dir(workdir: Path) -> Path:
+    """Where the project's own server keeps its files for a working folder (LEDGER_HOME)."""
+    return (workdir / ".ledger" / "pg").resolve()
+
+
+def local_database_url(workdir: Path, *, pg_bin: str | None = None,
+                       on_start: Callable[[LocalServer], None] | None = None) -> str:
+    """Start (or reuse) the project's own server under `workdir/.ledger/pg` and return its URL.
+
+    `on_start` hears about a server this call started (or created), so an edge can say which one is used.
+    """
+    server = ensure_server(local_data_dir(workdir), bin_dir=pg_bin)
+    if server.started and on_start:
+        on_start(server)
     ensure_database(server.url(), LOCAL_DATABASE)
     return server.url(LOCAL_DATABASE)
 

@@ -36,9 +36,17 @@ class LocalServer:
 
     data_dir: Path
     port: int
+    started: bool = False  # by this call (else it was running already)
+    initialised: bool = False  # a new, empty cluster was made by this call
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SERVER_USER}@127.0.0.1:{self.port}/{database}"
+
+    def __eq__(self, other: object) -> bool:  # the same server, however it was found
+        return isinstance(other, LocalServer) and (self.data_dir, self.port) == (other.data_dir, other.port)
+
+    def __hash__(self) -> int:
+        return hash((self.data_dir, self.port))
 
 
 def find_bin_dir(explicit: str | None = None) -> Path:
@@ -98,6 +106,9 @@ def _free_port() -> int:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL binds: connections of the previous run left in TIME_WAIT do not make the port taken
+        # (without this, an unclean stop moved the server to a new port and broke pinned URLs).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -195,7 +206,8 @@ def ensure_server(
         if port is not None:
             return LocalServer(data_dir, port)
         binaries = find_bin_dir(bin_dir)
-        if not (data_dir / "PG_VERSION").exists():
+        initialised = not (data_dir / "PG_VERSION").exists()
+        if initialised:
             _init(binaries, data_dir, durable)
         port_file = data_dir.parent / (data_dir.name + ".port")
         port = preferred_port or (int(port_file.read_text()) if port_file.exists() else 0)
@@ -210,16 +222,70 @@ def ensure_server(
              "-o", f"-p {port}", "-w", "-t", "60", "start"],
             f"starting PostgreSQL on {data_dir} (log: {log_file})",
         )
-        return LocalServer(data_dir, port)
+        return LocalServer(data_dir, port, started=True, initialised=initialised)
 
 
-def stop_server(data_dir: Path, *, bin_dir: str | None = None) -> None:
-    """Stop the server on `data_dir` if it runs (fast shutdown)."""
-    data_dir = _reachable_data_dir(data_dir)
+def locate(data_dir: Path) -> Path:
+    """Where the cluster asked for at `data_dir` really lives (no side effects: nothing is created)."""
+    data_dir = data_dir.resolve()
+    location = data_dir.parent / (data_dir.name + ".location")
+    return Path(location.read_text().strip()) if location.exists() else data_dir
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    requested: Path  # the data directory asked for
+    data_dir: Path  # where it lives
+    exists: bool
+    port: int | None  # listening on, if running
+
+    def to_json(self) -> dict[str, object]:
+        return {"dataDir": str(self.data_dir), "requestedDataDir": str(self.requested), "exists": self.exists,
+                "running": self.port is not None, "port": self.port,
+                "url": f"postgresql://{SERVER_USER}@127.0.0.1:{self.port}/" if self.port else None}
+
+
+def server_status(data_dir: Path) -> ServerStatus:
+    found = locate(data_dir)
+    return ServerStatus(data_dir.resolve(), found, (found / "PG_VERSION").exists(), _running_port(found))
+
+
+def stop_server(data_dir: Path, *, bin_dir: str | None = None) -> bool:
+    """Stop the server on `data_dir` if it runs (fast shutdown); whether it was running."""
+    data_dir = locate(data_dir)
     if _running_port(data_dir) is None:
-        return
+        return False
     _run(
         [*_as_server_user(), str(find_bin_dir(bin_dir) / "pg_ctl"), "-D", str(data_dir),
          "-m", "fast", "-w", "stop"],
         "stopping PostgreSQL",
     )
+    return True
+
+
+def local_clusters(home: Path) -> list[Path]:
+    """Every cluster the project keeps under `home/.ledger` (the ledger's, the benchmarks'), as requested."""
+    folder = (home / ".ledger").resolve()
+    if not folder.is_dir():
+        return []
+    found = {p.with_suffix("") for p in folder.glob("*.location")}
+    found |= {p for p in folder.iterdir() if p.is_dir() and (p / "PG_VERSION").exists()}
+    return sorted(found)
+
+
+def remove_server(data_dir: Path, *, bin_dir: str | None = None) -> list[Path]:
+    """Stop the server on `data_dir` and delete its files wherever they live; return what was removed."""
+    requested, real = data_dir.resolve(), locate(data_dir)
+    stop_server(data_dir, bin_dir=bin_dir)
+    removed = []
+    siblings = [requested.parent / (requested.name + suffix) for suffix in (".location", ".port", ".log", ".lock")]
+    for path in [real, requested, *siblings]:
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+        elif path.exists():
+            path.unlink()
+            removed.append(path)
+    if real != requested and real.parent.parent == FALLBACK_ROOT and not any(real.parent.iterdir()):
+        real.parent.rmdir()
+    return removed

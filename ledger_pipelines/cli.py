@@ -15,7 +15,7 @@ import psycopg
 from ledger_core.requests import parse_json
 from ledger_pipelines import registry
 from ledger_pipelines.errors import PipelineError
-from ledger_pipelines.sync import DEFAULT_BATCH_SIZE, SyncReport, follow, sync_all, sync_pipeline
+from ledger_pipelines.sync import DEFAULT_BATCH_SIZE, SyncFailure, SyncReport, follow, sync_all, sync_pipeline
 
 
 class ProgressBar:
@@ -64,6 +64,16 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
         with db() as conn:
             emit(registry.create_exporter(conn, driver, parse_json(config, what="config")).to_json())
 
+    @exporters.command("update")
+    @click.argument("exporter_id")
+    @click.option("--config", "config", required=True,
+                  help='JSON object of the settings to change, e.g. {"money": "text"}; null removes a setting.')
+    @handles_errors
+    def exporters_update(exporter_id: str, config: str) -> None:
+        """Change some settings of an exporter; its pipelines use them from their next sync."""
+        with db() as conn:
+            emit(registry.update_exporter(conn, exporter_id, parse_json(config, what="config")).to_json())
+
     @exporters.command("list")
     @handles_errors
     def exporters_list() -> None:
@@ -107,7 +117,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
     @click.option("--ledger", default=None)
     @handles_errors
     def pipelines_list(ledger: str | None) -> None:
-        """List pipelines with their cursor and lag."""
+        """List pipelines: cursor, lag, time since the last successful sync, and whether they are failing."""
         with db() as conn:
             emit([p.to_json() for p in registry.list_pipelines(conn, ledger=ledger)])
 
@@ -118,6 +128,15 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
         """Show one pipeline."""
         with db() as conn:
             emit(registry.get_pipeline(conn, pipeline_id).to_json())
+
+    @pipelines.command("history")
+    @click.argument("pipeline_id")
+    @click.option("--limit", default=20, show_default=True, type=int)
+    @handles_errors
+    def pipelines_history(pipeline_id: str, limit: int) -> None:
+        """Every sync attempt of a pipeline, newest first: who ran it, logs and rows, outcome and error."""
+        with db() as conn:
+            emit([run.to_json() for run in registry.sync_history(conn, pipeline_id, limit=limit)])
 
     @pipelines.command("start")
     @click.argument("pipeline_id")
@@ -183,15 +202,18 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             def report(r: SyncReport) -> None:
                 click.echo(json.dumps(r.to_json()), nl=True)
 
+            def failure(f: SyncFailure) -> None:  # reported, and tried again at the next wake-up
+                click.echo(json.dumps(f.to_json()), nl=True)
+
             follow(url, None if all_ else [pipeline_id or ""], environ=environ, on_report=report,
-                   batch_size=batch_size)
+                   on_failure=failure, batch_size=batch_size)
             return
         if all_:
-            reports, failures = sync_all(url, environ=environ, batch_size=batch_size, progress=bar)
+            reports, failures = sync_all(url, environ=environ, batch_size=batch_size, progress=bar, trigger="cli")
             emit({"synced": [r.to_json() for r in reports], "failed": [f.to_json() for f in failures]})
             if failures:
-                raise PipelineError(f"{len(failures)} pipeline(s) failed: "
+                raise PipelineError(f"{len(failures)} pipeline(s) failing: "
                                     + "; ".join(f"{f.pipeline_id}: {f.error}" for f in failures))
         else:
             emit(sync_pipeline(url, pipeline_id or "", environ=environ, batch_size=batch_size,
-                               progress=bar).to_json())
+                               progress=bar, trigger="cli").to_json())

@@ -112,16 +112,39 @@ class ValueOutOfRange(PipelineError):
 
     error_code = "VALUE_OUT_OF_RANGE"
 
-    def __init__(self, log_id: int, table: str, column: str, value: int, digits: int):
+    def __init__(self, log_id: int, table: str, column: str, value: int, digits: int, detail: str = ""):
         super().__init__(
             f"log {log_id}: {table}.{column} = {value} has {len(str(abs(value)))} digits; "
-            f"the destination holds at most {digits} exactly"
+            f"the destination holds at most {digits} exactly{detail}"
         )
         self.log_id = log_id
         self.table = table
         self.column = column
         self.value = value
         self.digits = digits
+
+    def after_loading(self, cursor: int, remedy: str) -> ValueOutOfRange:
+        """The same error, saying what was loaded and how to go on without losing anything."""
+        return ValueOutOfRange(self.log_id, self.table, self.column, self.value, self.digits,
+                               f". Every log up to {cursor} is loaded and the pipeline waits at log {self.log_id}. "
+                               f"To go on without losing anything: {remedy}")
+
+
+class WarehouseAhead(PipelineError):
+    """The warehouse holds logs the ledger does not: the ledger was restored from an older backup, or the
+    exporter points at another ledger's warehouse."""
+
+    error_code = "WAREHOUSE_AHEAD"
+
+    def __init__(self, pipeline_id: str, ledger: str, held: int, head: int):
+        super().__init__(
+            f"pipeline '{pipeline_id}': the warehouse holds logs up to {held} of ledger '{ledger}', which ends at "
+            f"log {head}. Was the ledger restored from an older backup, or does the exporter point at another "
+            "ledger's warehouse? Nothing was loaded; point the exporter at an empty warehouse (or drop its "
+            "sync_state row for this pipeline) to rebuild it from the ledger"
+        )
+        self.held = held
+        self.head = head
 
 
 class LogChainBroken(PipelineError):

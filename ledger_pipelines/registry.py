@@ -26,6 +26,7 @@ from ledger_pipelines.errors import (
     CursorMoved,
     ExporterInUse,
     ExporterNotFound,
+    InvalidExporterConfig,
     InvalidReset,
     PipelineAlreadyExists,
     PipelineNotFound,
@@ -52,6 +53,29 @@ PIPELINE_MIGRATIONS = (
         last_error   text,
         UNIQUE (ledger, exporter_id)
     );
+    """,
+    # 2: sync history (every attempt, whoever ran it) and the code of the last failure, so a stalled or
+    # failing pipeline is visible and a scheduler can tell a transient failure from a terminal one.
+    """
+    ALTER TABLE ledger_pipelines.pipelines ADD COLUMN last_error_code text, ADD COLUMN last_error_at timestamptz;
+    COMMENT ON COLUMN ledger_pipelines.pipelines.last_sync_at IS 'end of the last successful sync';
+    CREATE TABLE ledger_pipelines.sync_runs (
+        id           bigserial PRIMARY KEY,
+        pipeline_id  text NOT NULL REFERENCES ledger_pipelines.pipelines(id) ON DELETE CASCADE,
+        trigger      text NOT NULL,
+        started_at   timestamptz NOT NULL,
+        ended_at     timestamptz NOT NULL DEFAULT now(),
+        from_log_id  bigint,
+        to_log_id    bigint NOT NULL,
+        logs         bigint NOT NULL DEFAULT 0,
+        rows         jsonb NOT NULL DEFAULT '{}',
+        outcome      text NOT NULL CHECK (outcome IN ('succeeded', 'failed')),
+        error_code   text,
+        error        text,
+        attempts     integer NOT NULL DEFAULT 1,
+        note         text
+    );
+    CREATE INDEX sync_runs_pipeline ON ledger_pipelines.sync_runs (pipeline_id, id DESC);
     """,
 )
 
@@ -91,21 +115,31 @@ class Pipeline:
     enabled: bool
     cadence: Cadence
     created_at: datetime
-    last_sync_at: datetime | None
-    last_error: str | None
+    last_sync_at: datetime | None  # end of the last successful sync
+    last_error: str | None  # set by a failed sync, cleared by the next successful one
+    last_error_code: str | None
+    last_error_at: datetime | None
     ledger_last_log_id: int
+    seconds_since_sync: float | None  # since last_sync_at, by the database's clock, when read
 
     @property
     def lag(self) -> int:
         """Logs committed in the ledger and not yet exported."""
         return max(self.ledger_last_log_id - self.last_log_id, 0)
 
+    @property
+    def failing(self) -> bool:
+        """The last sync failed (and none succeeded since)."""
+        return self.last_error is not None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "ledger": self.ledger, "exporterID": self.exporter_id, "lastLogID": self.last_log_id,
             "enabled": self.enabled, "createdAt": format_timestamp(self.created_at), "cadence": str(self.cadence),
             "lag": self.lag, "lastSyncAt": format_timestamp(self.last_sync_at) if self.last_sync_at else None,
-            "lastError": self.last_error,
+            "secondsSinceLastSync": None if self.seconds_since_sync is None else round(self.seconds_since_sync, 1),
+            "failing": self.failing, "lastError": self.last_error, "lastErrorCode": self.last_error_code,
+            "lastErrorAt": format_timestamp(self.last_error_at) if self.last_error_at else None,
         }
 
 
@@ -131,6 +165,26 @@ def create_exporter(conn: psycopg.Connection, driver: str, config: Any, *, base_
         (_new_id(), driver, Jsonb(checked)),
     ).fetchone()
     assert row is not None
+    return Exporter(*row)
+
+
+def update_exporter(conn: psycopg.Connection, exporter_id: str, changes: Any, *,
+                    base_dir: Path | None = None) -> Exporter:
+    """Change some settings of an exporter: the keys given replace the stored ones (null removes one).
+
+    The result is validated as a whole, as at creation; its pipelines pick it up at their next sync.
+    """
+    exporter = get_exporter(conn, exporter_id)
+    if not isinstance(changes, dict):
+        raise InvalidExporterConfig(exporter.driver, "the changes must be a JSON object")
+    merged = {k: v for k, v in {**exporter.config, **changes}.items() if v is not None}
+    checked = prepare_config(exporter.driver, merged, base_dir or Path.cwd())
+    row = conn.execute(
+        "UPDATE ledger_pipelines.exporters SET config = %s WHERE id = %s RETURNING id, driver, config, created_at",
+        (Jsonb(checked), exporter_id),
+    ).fetchone()
+    if row is None:
+        raise ExporterNotFound(exporter_id)
     return Exporter(*row)
 
 
@@ -165,7 +219,8 @@ def delete_exporter(conn: psycopg.Connection, exporter_id: str) -> None:
 
 _PIPELINE_SELECT = """
     SELECT p.id, p.ledger, p.exporter_id, p.last_log_id, p.enabled, p.cadence, p.created_at, p.last_sync_at,
-           p.last_error, l.last_log_id
+           p.last_error, p.last_error_code, p.last_error_at, l.last_log_id,
+           extract(epoch FROM clock_timestamp() - p.last_sync_at)::float8
     FROM ledger_pipelines.pipelines p JOIN ledger_core.ledgers l ON l.name = p.ledger"""
 
 
@@ -242,17 +297,22 @@ def set_cadence(conn: psycopg.Connection, pipeline_id: str, cadence: str) -> Pip
 
 
 def reset_pipeline(conn: psycopg.Connection, pipeline_id: str, to_log_id: int = 0) -> Pipeline:
-    """Move the cursor back so the next sync replays from `to_log_id + 1`; loads absorb the duplicates."""
+    """Move the cursor back so the next sync replays from `to_log_id + 1`; loads absorb the duplicates.
+
+    Only backwards (or to where it is): moving it forward would skip logs for good.
+    """
     pipeline = get_pipeline(conn, pipeline_id)
-    if to_log_id < 0 or to_log_id > pipeline.ledger_last_log_id:
+    if to_log_id < 0 or to_log_id > pipeline.last_log_id:
         raise InvalidReset(
-            f"cannot reset pipeline '{pipeline_id}' to log {to_log_id}: ledger '{pipeline.ledger}' has logs "
-            f"1 to {pipeline.ledger_last_log_id}"
+            f"cannot reset pipeline '{pipeline_id}' to log {to_log_id}: a reset only moves the cursor back, "
+            f"and it stands at log {pipeline.last_log_id} (give 0 to {pipeline.last_log_id}; logs are never skipped)"
         )
-    conn.execute(
-        "UPDATE ledger_pipelines.pipelines SET last_log_id = %s, last_error = NULL WHERE id = %s",
-        (to_log_id, pipeline_id),
-    )
+    moved = conn.execute(
+        "UPDATE ledger_pipelines.pipelines SET last_log_id = %s WHERE id = %s AND last_log_id = %s RETURNING id",
+        (to_log_id, pipeline_id, pipeline.last_log_id),
+    ).fetchone()
+    if moved is None:
+        raise CursorMoved(pipeline_id, pipeline.last_log_id)
     return get_pipeline(conn, pipeline_id)
 
 
@@ -265,16 +325,82 @@ def delete_pipeline(conn: psycopg.Connection, pipeline_id: str) -> None:
         raise PipelineNotFound(pipeline_id)
 
 
-def advance_cursor(conn: psycopg.Connection, pipeline_id: str, expected: int, new: int) -> None:
+def move_cursor(conn: psycopg.Connection, pipeline_id: str, expected: int, new: int) -> None:
     """Move the cursor from `expected` to `new`, only if nobody moved it meanwhile (a reset, say)."""
     moved = conn.execute(
-        """UPDATE ledger_pipelines.pipelines SET last_log_id = %s, last_sync_at = now(), last_error = NULL
-           WHERE id = %s AND last_log_id = %s RETURNING id""",
+        "UPDATE ledger_pipelines.pipelines SET last_log_id = %s WHERE id = %s AND last_log_id = %s RETURNING id",
         (new, pipeline_id, expected),
     ).fetchone()
     if moved is None:
         raise CursorMoved(pipeline_id, expected)
 
 
-def record_error(conn: psycopg.Connection, pipeline_id: str, message: str) -> None:
-    conn.execute("UPDATE ledger_pipelines.pipelines SET last_error = %s WHERE id = %s", (message[:2000], pipeline_id))
+@dataclass(frozen=True)
+class SyncRun:
+    """One sync attempt, as the history keeps it."""
+
+    id: int
+    pipeline_id: str
+    trigger: str  # cli, follow, dagster, api
+    started_at: datetime
+    ended_at: datetime
+    from_log_id: int | None
+    to_log_id: int
+    logs: int
+    rows: dict[str, int]
+    outcome: str  # succeeded or failed
+    error_code: str | None
+    error: str | None
+    attempts: int
+    note: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "pipelineID": self.pipeline_id, "trigger": self.trigger,
+                "startedAt": format_timestamp(self.started_at), "endedAt": format_timestamp(self.ended_at),
+                "seconds": round((self.ended_at - self.started_at).total_seconds(), 3),
+                "fromLogID": self.from_log_id, "toLogID": self.to_log_id, "logs": self.logs, "rows": self.rows,
+                "outcome": self.outcome, "errorCode": self.error_code, "error": self.error,
+                "attempts": self.attempts, "note": self.note}
+
+
+_RUN_COLUMNS = """id, pipeline_id, trigger, started_at, ended_at, from_log_id, to_log_id, logs, rows, outcome,
+                  error_code, error, attempts, note"""
+
+
+def record_sync(conn: psycopg.Connection, pipeline_id: str, *, trigger: str, started_at: datetime,
+                from_log_id: int | None, to_log_id: int, logs: int, rows: dict[str, int], attempts: int,
+                note: str | None, error_code: str | None = None, error: str | None = None) -> SyncRun:
+    """Append one attempt to the history and set the pipeline's health: success clears its error."""
+    with conn.transaction():
+        if error_code is None:
+            conn.execute("""UPDATE ledger_pipelines.pipelines SET last_sync_at = clock_timestamp(), last_error = NULL,
+                                   last_error_code = NULL, last_error_at = NULL WHERE id = %s""", (pipeline_id,))
+        else:
+            conn.execute("""UPDATE ledger_pipelines.pipelines SET last_error = %s, last_error_code = %s,
+                                   last_error_at = clock_timestamp() WHERE id = %s""",
+                         ((error or "")[:2000], error_code, pipeline_id))
+        row = conn.execute(
+            f"""INSERT INTO ledger_pipelines.sync_runs (pipeline_id, trigger, started_at, ended_at, from_log_id,
+                    to_log_id, logs, rows, outcome, error_code, error, attempts, note)
+                SELECT %s, %s, %s, clock_timestamp(), %s, %s, %s, %s, %s, %s, %s, %s, %s
+                WHERE EXISTS (SELECT 1 FROM ledger_pipelines.pipelines WHERE id = %s)
+                RETURNING {_RUN_COLUMNS}""",
+            (pipeline_id, trigger, started_at, from_log_id, to_log_id, logs, Jsonb(rows),
+             "failed" if error_code else "succeeded", error_code, (error or None) and error[:2000], attempts, note,
+             pipeline_id),
+        ).fetchone()
+    if row is None:
+        raise PipelineNotFound(pipeline_id)
+    return SyncRun(*row)
+
+
+def sync_history(conn: psycopg.Connection, pipeline_id: str, *, limit: int = 20,
+                 after_id: int = 0) -> list[SyncRun]:
+    """The pipeline's sync attempts, newest first (`after_id`: only those recorded after that one)."""
+    get_pipeline(conn, pipeline_id)
+    if not 1 <= limit <= 10_000:
+        raise ValidationError("must be between 1 and 10000", field="limit")
+    rows = conn.execute(
+        f"""SELECT {_RUN_COLUMNS} FROM ledger_pipelines.sync_runs WHERE pipeline_id = %s AND id > %s
+            ORDER BY id DESC LIMIT %s""", (pipeline_id, after_id, limit)).fetchall()
+    return [SyncRun(*r) for r in rows]

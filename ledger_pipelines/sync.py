@@ -2,14 +2,23 @@
 
 Exactly once in effect: the cursor moves only after the warehouse accepted the batch (and the batch's
 sync-state row), and every load is an idempotent merge keyed on natural keys with `log_id` as version.
-
-Nothing unverified is exported: every log of a batch is checked against the hash chain, link by link,
-starting from the hash of the log at the cursor, which must be the hash the warehouse received for it (its
-`sync_state`). A broken link stops the pipeline with CHAIN_BROKEN naming the log, before anything of the
-batch is loaded.
 Whatever a sync is killed at, re-running it replays at most the last batch, which changes nothing that
 was already there. A session advisory lock keeps two processes from syncing one pipeline at once, and
 the cursor moves by compare-and-set, so a reset during a sync is never overwritten.
+
+Made to run unattended:
+- **The warehouse knows where it is.** Every sync starts by reading the warehouse's own `sync_state`. A
+  warehouse behind the cursor (wiped, restored from an older backup, a new database) is replayed from where
+  it really is; one whose last log is not the ledger's (a different hash, or a log the ledger does not have)
+  stops the pipeline with a precise error.
+- **Nothing unverified is exported.** Every log of a batch is checked against the hash chain, link by link,
+  from the hash the warehouse received last; a broken link stops the pipeline before anything loads.
+- **One log does not block the others.** A value the destination cannot hold stops the pipeline right
+  before its log: every log before it is loaded, and the error says how to go on without losing anything.
+- **Transient failures are retried** with backoff inside the sync (a locked DuckDB file, a restarting
+  warehouse); if they persist, the error is recorded and the next sync (scheduled, sensor, `follow`'s
+  idle wake-up) tries again without waiting for a new write.
+- **Every attempt is recorded** in the ledger database's sync history, whoever started it.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -30,7 +39,16 @@ from ledger_core.db import connect
 from ledger_core.validation import format_timestamp
 from ledger_core.writer import LOGS_CHANNEL
 from ledger_pipelines import registry
-from ledger_pipelines.errors import LogChainBroken, LogGap, PipelineBusy, PipelineError, PipelineStopped
+from ledger_pipelines.errors import (
+    LogChainBroken,
+    LogGap,
+    PipelineBusy,
+    PipelineError,
+    PipelineStopped,
+    TransientLoadError,
+    ValueOutOfRange,
+    WarehouseAhead,
+)
 from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader, SyncState
 from ledger_pipelines.reader import LogReader
@@ -44,6 +62,22 @@ Progress = Callable[[str, int, int, float], None]
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How often a transient failure is retried inside one sync, and how long to wait between attempts."""
+
+    attempts: int = 5
+    first_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.first_delay * 2 ** (attempt - 1), self.max_delay)
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True)
 class SyncReport:
     pipeline_id: str
     ledger: str
@@ -54,6 +88,8 @@ class SyncReport:
     lag: int = 0  # logs committed and not exported after the run
     seconds: float = 0.0
     checks: list[CheckResult] = field(default_factory=list)  # warehouse vs ledger at the cursor, if asked
+    attempts: int = 1
+    note: str | None = None  # what the sync noticed and did on its own (a warehouse replayed, say)
 
     @property
     def checks_passed(self) -> bool:
@@ -62,7 +98,8 @@ class SyncReport:
     def to_json(self) -> dict[str, Any]:
         return {"pipelineID": self.pipeline_id, "ledger": self.ledger, "fromLogID": self.from_log_id,
                 "toLogID": self.to_log_id, "logs": self.logs, "rows": self.rows, "lag": self.lag,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "attempts": self.attempts,
+                **({"note": self.note} if self.note else {}),
                 **({"checks": {c.name: c.passed for c in self.checks}} if self.checks else {})}
 
 
@@ -73,52 +110,119 @@ def _lock_key(pipeline_id: str) -> int:
 def sync_pipeline(
     database_url: str, pipeline_id: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None, fault: FaultHook | None = None, verify_after: bool = False,
-    reader: LogReader | None = None,
+    reader: LogReader | None = None, trigger: str = "api", retry: RetryPolicy = DEFAULT_RETRY,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> SyncReport:
     """Load every log committed before the call that the pipeline has not exported yet.
 
     With `verify_after`, then prove the warehouse equals the ledger at the new cursor (still under the
     pipeline's lock, so no other sync moves it meanwhile); the results are in `report.checks`.
-    A long-lived caller (`follow`) may pass its own `reader` to save a connection per sync.
+    A long-lived caller (`follow`) may pass its own `reader` to save a connection per sync. `trigger` names
+    the caller in the sync history (cli, follow, dagster, api).
     """
     fail_at: FaultHook = fault or (lambda point: None)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(UTC)
     with connect(database_url) as conn:
         registry.migrate_pipelines(conn)
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(pipeline_id),)).fetchone()
         if not got or not got[0]:
             raise PipelineBusy(pipeline_id)
+        done = _Progress()
         try:
             pipeline = registry.get_pipeline(conn, pipeline_id)
             if not pipeline.enabled:
                 raise PipelineStopped(pipeline_id)
-            try:
-                if pipeline.last_log_id >= pipeline.ledger_last_log_id and not verify_after:
-                    return SyncReport(pipeline.id, pipeline.ledger, None, pipeline.last_log_id, 0, {}, 0,
-                                      time.perf_counter() - started)
-                exporter = registry.get_exporter(conn, pipeline.exporter_id)
-                with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
-                    loader.setup()
-                    report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at, started,
-                                   reader)
-                    if verify_after:
-                        report = replace(report, checks=verify(conn, loader, pipeline.ledger, report.to_log_id))
-                return report
-            except Exception as exc:  # recorded whatever it is, so `pipelines get` shows it; then re-raised
-                registry.record_error(conn, pipeline_id, f"{type(exc).__name__}: {exc}")
-                raise
+            exporter = registry.get_exporter(conn, pipeline.exporter_id)
+            done.start = pipeline.last_log_id
+            while True:
+                done.attempts += 1
+                try:
+                    with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
+                        loader.setup()
+                        report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at,
+                                       started, reader, done)
+                        if verify_after:
+                            report = replace(report, checks=verify(conn, loader, pipeline.ledger, report.to_log_id))
+                    break
+                except TransientLoadError:
+                    if done.attempts >= retry.attempts:
+                        raise
+                    sleep(retry.delay(done.attempts))
+                    pipeline = registry.get_pipeline(conn, pipeline_id)
+            report = replace(report, attempts=done.attempts, note=done.note)
+            registry.record_sync(conn, pipeline_id, trigger=trigger, started_at=started_at,
+                                 from_log_id=report.from_log_id, to_log_id=report.to_log_id, logs=report.logs,
+                                 rows=report.rows, attempts=done.attempts, note=report.note)
+            return report
+        except (PipelineStopped, PipelineBusy):
+            raise  # not a sync attempt: nothing to record
+        except Exception as exc:  # recorded whatever it is, so `pipelines get` and the history show it
+            registry.record_sync(conn, pipeline_id, trigger=trigger, started_at=started_at, from_log_id=done.first,
+                                 to_log_id=registry.get_pipeline(conn, pipeline_id).last_log_id, logs=done.logs,
+                                 rows=dict(done.rows), attempts=max(done.attempts, 1), note=done.note,
+                                 error_code=getattr(exc, "error_code", None) or "INTERNAL",
+                                 error=f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline_id),))
 
 
-def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, loader: Loader, batch_size: int,
-          progress: Progress | None, fault: FaultHook, started: float,
-          shared_reader: LogReader | None) -> SyncReport:
-    cursor, target = pipeline.last_log_id, pipeline.ledger_last_log_id
-    rows: Counter[str] = Counter()
+@dataclass
+class _Progress:
+    """What one sync has loaded so far, across its attempts."""
+
+    start: int = 0
+    attempts: int = 0
     first: int | None = None
+    logs: int = 0
+    rows: Counter[str] = field(default_factory=Counter)
+    note: str | None = None
+
+    def loaded(self, first: int, last: int, rows: Mapping[str, int]) -> None:
+        self.first = first if self.first is None else min(self.first, first)
+        self.logs += last - first + 1
+        self.rows.update(rows)
+
+
+def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipeline,
+               done: _Progress) -> tuple[int, bytes | None, int]:
+    """Where this sync starts, and the hash (and hash version) the first log after it must link to.
+
+    The warehouse's `sync_state` says which log it holds last (W). Its hash must be the ledger's hash of
+    log W, or the two have diverged. A warehouse behind the cursor is replayed from W (loads are
+    idempotent); one at or ahead of it (ahead: after a reset) continues from the cursor.
+    """
+    cursor, ledger = pipeline.last_log_id, pipeline.ledger
+    state = loader.read_sync_state(pipeline.id)
+    held = int(state["last_log_id"]) if state else 0
+    if held > pipeline.ledger_last_log_id:
+        raise WarehouseAhead(pipeline.id, ledger, held, pipeline.ledger_last_log_id)
+    if held:
+        link = reads.log_link(conn, ledger, held)
+        if link is None or link[0].hex() != state["last_log_hash"]:  # type: ignore[index]
+            now = link[0].hex()[:16] + "…" if link else "no such log"
+            raise LogChainBroken(ledger, held, f"the warehouse received hash {state['last_log_hash'][:16]}… "  # type: ignore[index]
+                                               f"for it, the ledger now stores {now}; either the ledger was altered "
+                                               "after export or the warehouse holds another copy of this ledger")
+    if held < cursor:
+        registry.move_cursor(conn, pipeline.id, cursor, held)
+        done.note = (f"the warehouse held logs up to {held} only (wiped, restored or new?), the cursor stood at "
+                     f"{cursor}: replayed from log {held + 1}")
+        cursor = held
+    if cursor == 0:
+        return 0, None, 1
+    link = reads.log_link(conn, ledger, cursor)
+    if link is None:
+        raise LogChainBroken(ledger, cursor, "the ledger no longer holds this exported log")
+    return cursor, link[0], link[1]
+
+
+def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, loader: Loader, batch_size: int,
+          progress: Progress | None, fault: FaultHook, started: float, shared_reader: LogReader | None,
+          done: _Progress) -> SyncReport:
+    cursor, previous_hash, previous_version = _reconcile(conn, loader, pipeline, done)
+    target = pipeline.ledger_last_log_id
     if cursor < target:
-        previous_hash, previous_version = _chain_anchor(conn, loader, pipeline)
         with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader:
             while cursor < target:
                 logs = reader.read(pipeline.ledger, after=cursor, up_to=target, limit=batch_size).to_pylist()
@@ -131,82 +235,97 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
                 if broken is not None:
                     raise LogChainBroken(pipeline.ledger, broken.log_id, broken.reason)
                 previous_hash, previous_version = stored[-1].hash, stored[-1].hash_version
-                batch = transform(pipeline.ledger, logs, loader.fetch_current, loader.dialect.money_digits)
-                fault("before_load")
-                loader.load(batch, SyncState(pipeline.id, pipeline.ledger, batch.last_log_id, batch.last_log_hash,
-                                             datetime.now(UTC)))
-                fault("after_load")
-                registry.advance_cursor(conn, pipeline.id, cursor, batch.last_log_id)
-                first = batch.first_log_id if first is None else first
-                cursor = batch.last_log_id
-                rows.update(batch.row_counts())
+                try:
+                    cursor = _load(conn, pipeline, loader, logs, cursor, fault, done)
+                except ValueOutOfRange as exc:
+                    # Everything before the log that does not fit still goes in; the cursor stops right before it.
+                    # (The first value found may not be in the batch's earliest such log: shrink until it loads.)
+                    first_bad = exc
+                    while before := [r for r in logs if r["id"] < first_bad.log_id]:
+                        try:
+                            cursor = _load(conn, pipeline, loader, before, cursor, fault, done)
+                            break
+                        except ValueOutOfRange as earlier:
+                            first_bad = earlier
+                    raise first_bad.after_loading(cursor, loader.wide_money_remedy(pipeline.exporter_id)) from None
                 if progress:
-                    progress(pipeline.id, cursor - pipeline.last_log_id, target - pipeline.last_log_id,
-                             time.perf_counter() - started)
+                    progress(pipeline.id, cursor - done.start, target - done.start, time.perf_counter() - started)
     after = registry.get_pipeline(conn, pipeline.id)
-    return SyncReport(pipeline.id, pipeline.ledger, first, cursor, cursor - pipeline.last_log_id, dict(rows),
-                      after.lag, time.perf_counter() - started)
+    return SyncReport(pipeline.id, pipeline.ledger, done.first, cursor, done.logs, dict(done.rows), after.lag,
+                      time.perf_counter() - started)
 
 
-def _chain_anchor(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipeline) -> tuple[bytes | None, int]:
-    """The hash (and hash version) the first log after the cursor must link to.
-
-    That is the ledger's stored hash of the log at the cursor; if the warehouse holds that log as its last,
-    the hash it received must be the same, or the ledger's copy was altered after it was exported.
-    """
-    cursor = pipeline.last_log_id
-    if cursor == 0:
-        return None, 1
-    link = reads.log_link(conn, pipeline.ledger, cursor)
-    if link is None:
-        raise LogChainBroken(pipeline.ledger, cursor, "the ledger no longer holds this exported log")
-    state = loader.read_sync_state(pipeline.id)
-    if state and state["last_log_id"] == cursor and state["last_log_hash"] != link[0].hex():
-        raise LogChainBroken(pipeline.ledger, cursor, f"the warehouse received hash {state['last_log_hash'][:16]}… "
-                                                      f"for it, the ledger now stores {link[0].hex()[:16]}…")
-    return link
+def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader, logs: Sequence[dict[str, Any]],
+          cursor: int, fault: FaultHook, done: _Progress) -> int:
+    """Transform and merge one contiguous batch, then move the cursor to its last log; return the new cursor."""
+    batch = transform(pipeline.ledger, logs, loader.fetch_current, loader.money_digits)
+    fault("before_load")
+    loader.load(batch, SyncState(pipeline.id, pipeline.ledger, batch.last_log_id, batch.last_log_hash,
+                                 datetime.now(UTC)))
+    fault("after_load")
+    registry.move_cursor(conn, pipeline.id, cursor, batch.last_log_id)
+    done.loaded(batch.first_log_id, batch.last_log_id, batch.row_counts())
+    return batch.last_log_id
 
 
 @dataclass(frozen=True)
 class SyncFailure:
     pipeline_id: str
+    error_code: str
     error: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"pipelineID": self.pipeline_id, "error": self.error}
+        return {"pipelineID": self.pipeline_id, "errorCode": self.error_code, "error": self.error}
 
 
 def sync_all(database_url: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
-             progress: Progress | None = None) -> tuple[list[SyncReport], list[SyncFailure]]:
-    """Sync every enabled pipeline that has new logs; one failing pipeline does not hold the others back."""
+             progress: Progress | None = None, trigger: str = "api",
+             retry: RetryPolicy = DEFAULT_RETRY) -> tuple[list[SyncReport], list[SyncFailure]]:
+    """Sync every enabled pipeline; one failing pipeline does not hold the others back.
+
+    Every enabled pipeline is visited, not only those with new logs: a sync with nothing to load still
+    proves its warehouse holds what the cursor says (and replays it if it does not).
+    """
     with connect(database_url) as conn:
         registry.migrate_pipelines(conn)
-        pipelines = [p for p in registry.list_pipelines(conn) if p.enabled and p.lag > 0]
+        pipelines = [p for p in registry.list_pipelines(conn) if p.enabled]
     reports: list[SyncReport] = []
     failures: list[SyncFailure] = []
     for p in pipelines:
         try:
             reports.append(sync_pipeline(database_url, p.id, environ=environ, batch_size=batch_size,
-                                         progress=progress))
+                                         progress=progress, trigger=trigger, retry=retry))
         except PipelineError as exc:  # recorded on the pipeline as lastError; reported, and the next one runs
-            failures.append(SyncFailure(p.id, f"{type(exc).__name__}: {exc}"))
+            failures.append(SyncFailure(p.id, exc.error_code, f"{type(exc).__name__}: {exc}"))
     return reports, failures
 
 
 def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mapping[str, str],
-           on_report: Callable[[SyncReport], None], should_stop: Callable[[], bool] = lambda: False,
-           idle_timeout: float = 30.0, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
-    """Keep pipelines synced: wake on each commit's NOTIFY (and every `idle_timeout` seconds as a safety net)."""
+           on_report: Callable[[SyncReport], None], on_failure: Callable[[SyncFailure], None] = lambda f: None,
+           should_stop: Callable[[], bool] = lambda: False, idle_timeout: float = 30.0,
+           batch_size: int = DEFAULT_BATCH_SIZE, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Keep pipelines synced: wake on each commit's NOTIFY, and every `idle_timeout` seconds as a safety net.
+
+    A failing pipeline is reported and tried again at the next wake-up (a commit or the idle timeout), so a
+    transient failure heals without a new write; it never stops the others.
+    """
     with connect(database_url) as listener, LogReader(database_url) as reader:
         listener.execute(f"LISTEN {LOGS_CHANNEL}")
         while not should_stop():
             with connect(database_url, migrate=False) as conn:
-                pipelines = [p for p in registry.list_pipelines(conn)
-                             if p.enabled and p.lag > 0 and (pipeline_ids is None or p.id in pipeline_ids)]
-            for pipeline in pipelines:
-                on_report(sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size,
-                                        reader=reader))
-            if pipelines:
+                due = [p for p in registry.list_pipelines(conn)
+                       if p.enabled and (p.lag > 0 or p.failing) and (pipeline_ids is None or p.id in pipeline_ids)]
+            moved = False
+            for pipeline in due:
+                try:
+                    report = sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size,
+                                           reader=reader, trigger="follow", retry=retry)
+                except PipelineError as exc:
+                    on_failure(SyncFailure(pipeline.id, exc.error_code, f"{type(exc).__name__}: {exc}"))
+                    continue
+                moved = moved or report.logs > 0
+                on_report(report)
+            if moved:
                 continue  # more may have committed while we loaded
             deadline = time.monotonic() + idle_timeout
             for _ in listener.notifies(timeout=max(deadline - time.monotonic(), 0.01), stop_after=1):

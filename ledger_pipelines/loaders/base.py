@@ -201,6 +201,20 @@ class Loader(ABC):
     def secret(self, key: str) -> Any:
         return resolve_secret(self.driver, key, self.config.get(key), self.environ)
 
+    def column_type(self, kind: Kind) -> str:
+        """The SQL type of a logical kind: the dialect's, unless this loader's config changes it."""
+        return self.dialect.column_type(kind)
+
+    @property
+    def money_digits(self) -> int:
+        """Exact digits this loader's money columns hold (its dialect's, unless its config widens them)."""
+        return self.dialect.money_digits
+
+    def wide_money_remedy(self, exporter_id: str) -> str:
+        """What a user can do when a value is wider than `money_digits` (said in the error)."""
+        return ("export this ledger to a destination whose money holds 76 digits (postgres, clickhouse), then "
+                f"delete this pipeline; exporter '{exporter_id}' cannot hold the value")
+
     def qualified(self, table: Table | str) -> str:
         name = table if isinstance(table, str) else table.name
         return f"{self.dialect.ident(self.schema)}.{self.dialect.ident(name)}"
@@ -208,7 +222,7 @@ class Loader(ABC):
     def create_table_sql(self, table: Table) -> str:
         """Default DDL: typed columns, NOT NULL where required, the natural key as primary key."""
         columns = [
-            f"{self.dialect.ident(c.name)} {self.dialect.column_type(c.kind)}{'' if c.nullable else ' NOT NULL'}"
+            f"{self.dialect.ident(c.name)} {self.column_type(c.kind)}{'' if c.nullable else ' NOT NULL'}"
             for c in table.columns
         ]
         if self.dialect.declare_primary_keys:
@@ -217,9 +231,9 @@ class Loader(ABC):
 
     def check_money(self, batch: Batch) -> None:
         """Refuse a batch holding a money value wider than this warehouse's exact type."""
-        if self.dialect.money_digits >= MONEY_DIGITS:
+        if self.money_digits >= MONEY_DIGITS:
             return
-        limit = pa.scalar(10**self.dialect.money_digits, pa.decimal256(MONEY_DIGITS, 0))
+        limit = pa.scalar(10**self.money_digits, pa.decimal256(MONEY_DIGITS, 0))
         for name, data in batch.tables.items():
             table = next(t for t in ALL_TABLES if t.name == name)
             for column in table.money_columns:
@@ -228,8 +242,7 @@ class Loader(ABC):
                 if data.num_rows and pc.any(too_big).as_py():
                     first = pc.index(too_big, True).as_py()
                     row = data.slice(first, 1).to_pylist()[0]
-                    raise ValueOutOfRange(int(row["log_id"]), name, column, int(row[column]),
-                                          self.dialect.money_digits)
+                    raise ValueOutOfRange(int(row["log_id"]), name, column, int(row[column]), self.money_digits)
 
     @abstractmethod
     def setup(self) -> None:

@@ -122,7 +122,7 @@ class ClickHouseLoader(Loader):
     def create_table_sql(self, table: Table) -> str:
         columns = []
         for c in table.columns:
-            kind = self.dialect.column_type(c.kind)
+            kind = self.column_type(c.kind)
             columns.append(f"{self.dialect.ident(c.name)} {f'Nullable({kind})' if c.nullable else kind}")
         order = ", ".join(self.dialect.ident(k) for k in table.key)
         partition = (f" PARTITION BY toYYYYMM({self.dialect.ident(PARTITION_BY[table.name])})"
@@ -160,7 +160,7 @@ class ClickHouseLoader(Loader):
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
         key_columns = [c for c in table.columns if c.name in table.key and c.name != "ledger"]
-        tuple_type = ", ".join(self.dialect.column_type(c.kind) for c in key_columns)
+        tuple_type = ", ".join(self.column_type(c.kind) for c in key_columns)
         names = ", ".join(self.dialect.ident(c.name) for c in key_columns)
         where = f"WHERE ledger = {{ledger:String}} AND tuple({names}) IN {{keys:Array(Tuple({tuple_type}))}}"
         found = self._select(table, where, {"ledger": ledger, "keys": [tuple(k) for k in keys]})

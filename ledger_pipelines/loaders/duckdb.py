@@ -7,7 +7,10 @@
   Keys are not declared: DuckDB maintains a PRIMARY KEY with an ART index that made these loads 5 to 10
   times slower (measured on 400k moves); uniqueness comes from the merge and is proven by the asset checks.
 - Money: DECIMAL(38,0), DuckDB's widest exact type (Arrow's decimal256 is cast to decimal128 on the way
-  in); a wider value stops the pipeline with ValueOutOfRange naming the log.
+  in); a wider value stops the pipeline with ValueOutOfRange naming the log, after loading every log before
+  it. The exporter setting `"money": "text"` stores money columns as VARCHAR holding every digit instead (up
+  to the ledger's 76), converted in place by `setup()` when the setting changes; cast them to compute
+  (`CAST(balance AS HUGEINT)` for values within 38 digits).
 - JSON: the JSON type; timestamps: TIMESTAMPTZ (UTC).
 A DuckDB file admits one writing process at a time, so the loader opens it per sync and closes it after.
 """
@@ -24,7 +27,7 @@ import pyarrow as pa
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
 from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState, local_path
-from ledger_pipelines.tables import ALL_TABLES, SYNC_STATE, Kind, Table
+from ledger_pipelines.tables import ALL_TABLES, BY_NAME, MONEY_DIGITS, SYNC_STATE, Kind, Table
 from ledger_pipelines.transforms import Batch
 
 DIALECT = Dialect(
@@ -35,6 +38,7 @@ DIALECT = Dialect(
     declare_primary_keys=False,
 )
 ARROW_MONEY = pa.decimal128(38, 0)
+MONEY_TEXT = "VARCHAR"
 
 
 def merge_sql(target: str, table: Table, staged: str) -> list[str]:
@@ -67,11 +71,15 @@ class DuckDBLoader(Loader):
     config_fields = (
         ConfigField("path", str, required=True),
         ConfigField("schema", str, default="ledger"),
+        ConfigField("money", str, default="decimal"),  # or "text": exact digits as VARCHAR, any width
     )
 
     @classmethod
     def validate(cls, config: Any) -> dict[str, Any]:
         checked = super().validate(config)
+        if checked["money"] not in ("decimal", "text"):
+            raise InvalidExporterConfig(cls.driver, f"'money' is 'decimal' (DECIMAL(38,0)) or 'text' (exact digits "
+                                                    f"as VARCHAR), got {checked['money']!r}")
         path = checked["path"]
         if not path.strip():
             raise InvalidExporterConfig(cls.driver, "'path' must not be empty")
@@ -101,17 +109,45 @@ class DuckDBLoader(Loader):
     def close(self) -> None:
         self.con.close()
 
+    @property
+    def money_as_text(self) -> bool:
+        return bool(self.config["money"] == "text")
+
+    @property
+    def money_digits(self) -> int:
+        return MONEY_DIGITS if self.money_as_text else self.dialect.money_digits
+
+    def wide_money_remedy(self, exporter_id: str) -> str:
+        return (f"store money as exact text in this warehouse (`ledgerctl exporters update {exporter_id} --config "
+                "'{\"money\": \"text\"}'`, then sync again: money columns become VARCHAR holding every digit), or "
+                "export this ledger to a destination with 76-digit money (postgres, clickhouse)")
+
+    def column_type(self, kind: Kind) -> str:
+        return MONEY_TEXT if kind is Kind.MONEY and self.money_as_text else super().column_type(kind)
+
     def setup(self) -> None:
+        money = self.column_type(Kind.MONEY)
         with translate_errors():
             self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.ident(self.schema)}")
             for table in ALL_TABLES:
                 self.con.execute(self.create_table_sql(table))
+            # The money setting may have changed since the tables were made: convert them in place.
+            found = self.con.execute(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = ?",
+                [self.schema]).fetchall()
+            for name, column, data_type in found:
+                table = BY_NAME.get(name)
+                if table and column in table.money_columns and data_type != money:
+                    self.con.execute(f"ALTER TABLE {self.qualified(table)} ALTER COLUMN {self.dialect.ident(column)} "
+                                     f"TYPE {money}")
 
     def _arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
-        """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits)."""
+        """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits), or
+        turn them into their exact digits when money is stored as text."""
+        target = pa.string() if self.money_as_text else ARROW_MONEY
         for column in table.money_columns:
             index = data.schema.get_field_index(column)
-            data = data.set_column(index, pa.field(column, ARROW_MONEY), data.column(column).cast(ARROW_MONEY))
+            data = data.set_column(index, pa.field(column, target), data.column(column).cast(target))
         return data
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:

@@ -153,19 +153,24 @@ def test_the_ledgers_largest_values_fit_every_76_digit_destination(conn, ledger,
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
 
 
-def test_value_beyond_destination_limit_stops_with_the_log(conn, ledger, pipeline, destination):
+def test_value_beyond_destination_limit_stops_right_before_its_log(conn, ledger, pipeline, destination):
     limit = destination.loader().dialect.money_digits
     if limit >= MONEY_DIGITS:
         pytest.skip(f"{destination.driver} holds every value the ledger accepts ({limit} digits)")
     send(conn, ledger, posting("world", "a", 5))
+    send(conn, ledger, posting("world", "b", 7))
     send(conn, ledger, posting("world", "a", 10**limit))
+    send(conn, ledger, posting("world", "c", 9))
     with pytest.raises(ValueOutOfRange, match=f"holds at most {limit} exactly") as info:
         sync(conn, pipeline, destination)
-    assert info.value.log_id == 2
+    assert info.value.log_id == 3
+    assert "Every log up to 2 is loaded and the pipeline waits at log 3. To go on without losing anything" \
+        in str(info.value)
     stuck = registry.get_pipeline(conn, pipeline.id)
-    assert stuck.last_log_id == 0 and "log 2" in stuck.last_error
+    assert stuck.last_log_id == 2 and stuck.failing and stuck.last_error_code == "VALUE_OUT_OF_RANGE"
     with destination.loader() as loader:
-        assert loader.read_table(LOGS, ledger).num_rows == 0  # the failed batch left nothing
+        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2]
+        assert loader.read_sync_state(pipeline.id)["last_log_id"] == 2
 
 
 def _writer_process(database_url: str, ledger: str, bulks: int, seed: int) -> None:
@@ -288,3 +293,62 @@ def test_an_exported_log_rewritten_with_a_valid_hash_is_caught_by_the_warehouse_
     activity(conn, ledger, 3, 2)
     with pytest.raises(LogChainBroken, match=r"log 3 does not verify \(the warehouse received hash"):
         sync(conn, pipeline, destination)
+
+
+def _state_only(loader, pipeline, ledger, last_log_id: int, last_hash: str) -> None:
+    """Make the warehouse claim it holds logs up to `last_log_id` with that hash (an empty batch and a state)."""
+    from datetime import UTC, datetime
+
+    from ledger_pipelines.loaders.base import SyncState
+    from ledger_pipelines.tables import DATA_TABLES
+    from ledger_pipelines.transforms import Batch
+
+    empty = Batch(ledger, 0, 0, "", {t.name: t.arrow_schema.empty_table() for t in DATA_TABLES})
+    loader.load(empty, SyncState(pipeline.id, ledger, last_log_id, last_hash, datetime.now(UTC)))
+
+
+def test_a_wiped_warehouse_is_noticed_and_rebuilt(conn, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 10)
+    sync(conn, pipeline, destination)
+    destination.wipe()  # deleted, restored empty, or the exporter now points at a new database
+    activity(conn, ledger, 10, 3)
+    report = sync(conn, pipeline, destination)
+    assert (report.from_log_id, report.to_log_id, report.logs) == (1, 13, 13)
+    assert "held logs up to 0 only" in report.note
+    with destination.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+    # Nothing new, warehouse wiped again: a sync with no new logs still notices and rebuilds it.
+    destination.wipe()
+    assert sync(conn, pipeline, destination).logs == 13
+    assert registry.sync_history(conn, pipeline.id, limit=1)[0].note.startswith("the warehouse held logs up to 0")
+
+
+def test_a_warehouse_ahead_of_the_ledger_or_on_another_chain_stops(conn, ledger, pipeline, destination):
+    from ledger_pipelines.errors import WarehouseAhead
+
+    activity(conn, ledger, 0, 5)
+    sync(conn, pipeline, destination)
+    activity(conn, ledger, 5, 1)
+    # sync_state is the furthest log the warehouse has held (its merge keeps the highest), so claims only rise.
+    with destination.loader() as loader:
+        _state_only(loader, pipeline, ledger, 6, "cd" * 32)
+    with pytest.raises(LogChainBroken, match=r"log 6 does not verify .*another copy of this ledger"):
+        sync(conn, pipeline, destination)
+    with destination.loader() as loader:
+        _state_only(loader, pipeline, ledger, 9, "ab" * 32)
+    with pytest.raises(WarehouseAhead, match=r"holds logs up to 9 .* which ends at log 6"):
+        sync(conn, pipeline, destination)
+    stuck = registry.get_pipeline(conn, pipeline.id)
+    assert stuck.last_log_id == 5 and stuck.last_error_code == "WAREHOUSE_AHEAD"
+
+
+def test_resets_only_move_the_cursor_back(conn, ledger, pipeline, destination):
+    activity(conn, ledger, 0, 3)
+    assert sync(conn, pipeline, destination, batch_size=1).to_log_id == 3
+    registry.reset_pipeline(conn, pipeline.id, 1)
+    with pytest.raises(InvalidReset, match="only moves the cursor back"):
+        registry.reset_pipeline(conn, pipeline.id, 2)  # from 1 to 2 would skip log 2 for good
+    report = sync(conn, pipeline, destination)
+    assert (report.from_log_id, report.to_log_id) == (2, 3)
+    with destination.loader() as loader:
+        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2, 3]

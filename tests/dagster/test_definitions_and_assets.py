@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
+import pytest
 
 from dagster_project import assets, automation
 from dagster_project.assets import PIPELINES, warehouse_sync
@@ -105,7 +107,58 @@ def test_sensor_requests_runs_only_for_new_logs_and_registers_new_pipelines(inst
     third = tick(second.cursor)
     assert sorted(r.partition_key for r in third.run_requests) == sorted([realtime.id, late.id])
     assert [list(r.partition_keys) for r in third.dynamic_partitions_requests] == [[late.id]]
-    assert json.loads(third.cursor)[realtime.id] == 2
+    assert json.loads(third.cursor)[realtime.id]["log"] == 2
+
+
+def test_sensor_asks_again_for_a_failed_sync_without_a_new_write(instance, resources, dconn, make_pipeline):
+    from ledger_pipelines.sync import sync_pipeline
+
+    realtime = make_pipeline("rt2", "realtime")
+    instance.add_dynamic_partitions(PIPELINES.name, [realtime.id])
+    send(dconn, "rt2", posting("world", "a", 1))
+
+    def tick(cursor):
+        return automation.new_logs_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                                                  resources=resources))
+
+    def failed_run():
+        def boom(point: str) -> None:
+            if point == "before_load":
+                raise RuntimeError("the warehouse restarted")
+        with pytest.raises(RuntimeError):
+            sync_pipeline(dconn.info.dsn, realtime.id, environ={}, fault=boom)
+
+    first = tick(None)
+    assert [r.run_key for r in first.run_requests] == [f"{realtime.id}:1:1"]
+    assert tick(first.cursor).run_requests == []  # the run has not failed (yet): nothing to ask
+    failed_run()
+    second = tick(first.cursor)
+    assert [r.run_key for r in second.run_requests] == [f"{realtime.id}:1:2"]  # at once, same logs
+    failed_run()
+    assert tick(second.cursor).run_requests == []  # the second retry waits (backoff)
+    assert automation.retry_backoff(2) == 30
+    sync_pipeline(dconn.info.dsn, realtime.id, environ={})
+    assert tick(second.cursor).run_requests == []  # healed: nothing due
+
+
+def test_schedules_retry_a_failed_sync_at_the_next_tick(instance, resources, dconn, make_pipeline):
+    from ledger_pipelines.sync import sync_pipeline
+
+    hourly = make_pipeline("h3", "hourly")
+    instance.add_dynamic_partitions(PIPELINES.name, [hourly.id])
+    send(dconn, "h3", posting("world", "a", 1))
+    def down(point: str) -> None:
+        if point == "before_load":
+            raise RuntimeError("down")
+
+    with pytest.raises(RuntimeError):
+        sync_pipeline(dconn.info.dsn, hourly.id, environ={}, fault=down)
+    keys = []
+    for hour in (10, 11):
+        context = dg.build_schedule_context(instance=instance, resources=resources,
+                                            scheduled_execution_time=datetime(2026, 1, 1, hour, tzinfo=UTC))
+        keys += [r.run_key for r in automation.hourly_sync(context)]
+    assert len(keys) == 2 and len(set(keys)) == 2  # a new run key per tick: the retry is not swallowed
 
 
 def test_hourly_schedule_requests_hourly_pipelines_with_new_logs(instance, resources, dconn, make_pipeline):
@@ -115,10 +168,12 @@ def test_hourly_schedule_requests_hourly_pipelines_with_new_logs(instance, resou
     send(dconn, "h1", posting("world", "a", 1))
     send(dconn, "d1", posting("world", "a", 1))
     instance.add_dynamic_partitions(PIPELINES.name, [hourly.id, idle.id])
-    context = dg.build_schedule_context(instance=instance, resources=resources)
+    at = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    context = dg.build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=at)
     requests = automation.hourly_sync(context)
     assert [r.partition_key for r in requests] == [hourly.id]
-    daily = automation.daily_sync(dg.build_schedule_context(instance=instance, resources=resources))
+    daily = automation.daily_sync(dg.build_schedule_context(instance=instance, resources=resources,
+                                                            scheduled_execution_time=at))
     assert isinstance(daily, dg.SkipReason)  # the daily pipeline is not a partition yet: the sensor adds it
 
 

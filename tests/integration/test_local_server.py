@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from ledger_core import localpg
 from ledger_core.localpg import ensure_server, stop_server
 
 
@@ -32,3 +38,49 @@ def test_server_starts_and_is_reused_from_a_folder_closed_to_the_server_user():
         if location_file.exists():
             shutil.rmtree(Path(location_file.read_text().strip()).parent, ignore_errors=True)
         shutil.rmtree(closed, ignore_errors=True)
+
+
+def _ledgerctl(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
+    return subprocess.run([sys.executable, "-m", "ledger_core.cli", *args], capture_output=True, text=True,
+                          env={**env, "LEDGER_HOME": str(home)}, stdin=subprocess.DEVNULL, timeout=180)
+
+
+def test_the_local_server_lifecycle_as_a_user_sees_it(tmp_path):
+    home = Path(tempfile.mkdtemp())  # another folder, as a user running ledgerctl elsewhere
+    try:
+        status = json.loads(_ledgerctl(home, "db", "status").stdout)
+        assert status["using"] == "local server" and not status["local"]["exists"]
+        first = _ledgerctl(home, "ledgers", "list")
+        assert first.returncode == 0 and json.loads(first.stdout) == []
+        # Never silent: which server, and where its data lives.
+        assert first.stderr.startswith(f"ledgerctl: created a new, empty local PostgreSQL server for {home}: data in ")
+        assert _ledgerctl(home, "ledgers", "create", "kept").returncode == 0
+        second = _ledgerctl(home, "ledgers", "list")
+        assert second.stderr == "" and [x["name"] for x in json.loads(second.stdout)] == ["kept"]
+        running = json.loads(_ledgerctl(home, "db", "status").stdout)["local"]
+        assert running["running"] and running["exists"]
+
+        # An unclean stop: the server comes back on the same port, so a pinned URL keeps working.
+        pid = int((Path(running["dataDir"]) / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        after = _ledgerctl(home, "ledgers", "list")
+        assert after.returncode == 0, after.stderr
+        assert after.stderr.startswith("ledgerctl: started the local PostgreSQL server") and \
+            f"port {running['port']} " in after.stderr
+        assert json.loads(_ledgerctl(home, "db", "status").stdout)["local"]["port"] == running["port"]
+
+        stopped = json.loads(_ledgerctl(home, "db", "stop").stdout)
+        assert stopped["stopped"] and not json.loads(_ledgerctl(home, "db", "status").stdout)["local"]["running"]
+        dry = json.loads(_ledgerctl(home, "db", "remove").stdout)
+        assert dry["wouldRemove"] == [running["dataDir"]] and Path(running["dataDir"]).exists()
+        removed = _ledgerctl(home, "db", "remove", "--yes")
+        assert removed.returncode == 0 and json.loads(removed.stdout)["removed"] == [running["dataDir"]]
+        assert "stopping and removing the local PostgreSQL server at" in removed.stderr
+        assert not Path(running["dataDir"]).exists()
+        assert not json.loads(_ledgerctl(home, "db", "status").stdout)["local"]["exists"]
+    finally:
+        for cluster in localpg.local_clusters(home):
+            localpg.remove_server(cluster)
+        shutil.rmtree(home, ignore_errors=True)

@@ -82,4 +82,29 @@ def test_sync_all_runs_every_pipeline_and_reports_failures(fresh_db_url, tmp_pat
     assert [r["ledger"] for r in body["synced"]] == ["good"]
     assert len(body["failed"]) == 1 and "VALUE" not in body["failed"][0]["pipelineID"]
     assert "ValueOutOfRange: log 1" in body["failed"][0]["error"]
-    assert result.stderr.startswith("error: PIPELINE: 1 pipeline(s) failed")
+    assert result.stderr.startswith("error: PIPELINE: 1 pipeline(s) failing")
+    assert len(result.stderr.splitlines()) == 1
+    bad = body["failed"][0]["pipelineID"]
+    listed = {p["id"]: p for p in json.loads(run(fresh_db_url, "pipelines", "list").stdout)}
+    assert listed[bad]["failing"] and listed[bad]["lastErrorCode"] == "VALUE_OUT_OF_RANGE"
+    assert listed[bad]["lastSyncAt"] is None and listed[bad]["lag"] == 1
+    good = next(p for p in listed.values() if p["id"] != bad)
+    assert not good["failing"] and 0 <= good["secondsSinceLastSync"] < 60
+
+    # The way forward the error names: money as exact text in this DuckDB warehouse. Nothing is skipped.
+    exporter_id = listed[bad]["exporterID"]
+    updated = run(fresh_db_url, "exporters", "update", exporter_id, "--config", '{"money": "text"}')
+    assert updated.returncode == 0, updated.stderr
+    assert json.loads(updated.stdout)["config"]["money"] == "text"
+    again = run(fresh_db_url, "sync", "--all", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    import duckdb
+
+    with duckdb.connect(str(tmp_path / "bad.duckdb"), read_only=True) as wh:
+        assert wh.sql("SELECT balance FROM ledger.balances WHERE account = 'a'").fetchall() == [(str(10**40),)]
+        assert wh.sql("SELECT data_type FROM information_schema.columns WHERE table_name = 'moves' "
+                      "AND column_name = 'amount'").fetchall() == [("VARCHAR",)]
+    history = json.loads(run(fresh_db_url, "pipelines", "history", bad).stdout)
+    assert [(h["outcome"], h["trigger"], h["errorCode"]) for h in history] == [
+        ("succeeded", "cli", None), ("failed", "cli", "VALUE_OUT_OF_RANGE")]
+    assert history[0]["fromLogID"] == 1 and history[0]["logs"] == 1

@@ -1,0 +1,102 @@
+"""A pipeline left alone: a warehouse restored from an older copy, an analyst holding the DuckDB file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ledger_pipelines import registry
+from ledger_pipelines.errors import TransientLoadError
+from ledger_pipelines.sync import RetryPolicy, sync_pipeline
+from ledger_pipelines.tables import LOGS
+from tests.contract.helpers import assert_warehouse_equals_ledger
+from tests.helpers import new_tx, posting, send
+
+
+@pytest.fixture
+def duckdb_pipeline(conn, ledger, tmp_path):
+    registry.migrate_pipelines(conn)
+    exporter = registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "w.duckdb")})
+    return registry.create_pipeline(conn, ledger, exporter.id), tmp_path / "w.duckdb"
+
+
+def _writes(conn, ledger, count: int) -> None:
+    from ledger_core.writer import write
+
+    write(conn, ledger, [new_tx(posting("world", f"users:{i % 3}", 10 + i)) for i in range(count)])
+
+
+def _loader(conn, pipeline):
+    from ledger_pipelines.loaders import open_loader
+
+    exporter = registry.get_exporter(conn, pipeline.exporter_id)
+    return open_loader(exporter.driver, exporter.config, {})
+
+
+def test_a_warehouse_restored_from_an_older_copy_catches_up(conn, ledger, duckdb_pipeline):
+    pipeline, path = duckdb_pipeline
+    _writes(conn, ledger, 10)
+    sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    shutil.copy(path, path.with_suffix(".backup"))
+    _writes(conn, ledger, 5)
+    sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    shutil.copy(path.with_suffix(".backup"), path)  # the operator restores last night's copy
+    _writes(conn, ledger, 2)
+    report = sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    assert (report.from_log_id, report.to_log_id) == (11, 17)
+    assert "held logs up to 10 only" in report.note and "cursor stood at 15" in report.note
+    with _loader(conn, pipeline) as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == list(range(1, 18))
+
+
+def _hold(path, seconds: float) -> subprocess.Popen:
+    """An analyst's session on the warehouse file (read-only, as the README advises: it still takes a lock)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+                               "print('open', flush=True); time.sleep(float(sys.argv[2]))", str(path), str(seconds)],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    return holder
+
+
+def test_a_locked_warehouse_is_retried_until_the_lock_goes(conn, ledger, duckdb_pipeline):
+    pipeline, path = duckdb_pipeline
+    send(conn, ledger, posting("world", "a", 1))
+    sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    send(conn, ledger, posting("world", "a", 2))
+    holder = _hold(path, 2.0)
+    try:
+        report = sync_pipeline(conn.info.dsn, pipeline.id, environ={},
+                               retry=RetryPolicy(attempts=8, first_delay=0.25, max_delay=1.0))
+    finally:
+        holder.wait(timeout=30)
+    assert report.to_log_id == 2 and report.attempts >= 2
+    run = registry.sync_history(conn, pipeline.id, limit=1)[0]
+    assert run.outcome == "succeeded" and run.attempts == report.attempts
+
+
+def test_a_lock_that_outlasts_the_retries_heals_at_the_next_sync(conn, ledger, duckdb_pipeline):
+    pipeline, path = duckdb_pipeline
+    send(conn, ledger, posting("world", "a", 1))
+    sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    send(conn, ledger, posting("world", "a", 2))
+    holder = _hold(path, 60)
+    try:
+        with pytest.raises(TransientLoadError):
+            sync_pipeline(conn.info.dsn, pipeline.id, environ={}, retry=RetryPolicy(attempts=2, first_delay=0.1))
+        stuck = registry.get_pipeline(conn, pipeline.id)
+        assert stuck.failing and stuck.last_error_code == "LOAD_TRANSIENT" and stuck.lag == 1
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    time.sleep(0.2)
+    report = sync_pipeline(conn.info.dsn, pipeline.id, environ={})  # no new write needed
+    assert report.to_log_id == 2
+    healed = registry.get_pipeline(conn, pipeline.id)
+    assert not healed.failing and healed.lag == 0
+    assert [r.outcome for r in registry.sync_history(conn, pipeline.id)] == ["succeeded", "failed", "succeeded"]
