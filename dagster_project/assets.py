@@ -73,7 +73,7 @@ def warehouse_sync(context: dg.AssetExecutionContext, ledger_db: LedgerDatabase,
         registry.migrate_pipelines(conn)
         exporter = registry.get_exporter(conn, registry.get_pipeline(conn, pipeline_id).exporter_id)
     report = sync_pipeline(url, pipeline_id, environ=exporter_secrets.environ(exporter.secret_names()),
-                           verify_after=True)
+                           verify_after=True, trigger="dagster")
     context.log.info(f"pipeline {pipeline_id}: {report.logs} logs to log {report.to_log_id}, lag {report.lag}")
     for table in DATA_TABLES:
         yield dg.MaterializeResult(
@@ -88,6 +88,8 @@ def warehouse_sync(context: dg.AssetExecutionContext, ledger_db: LedgerDatabase,
                 "rows_loaded": report.rows.get(table.name, 0),
                 "lag_after_run": report.lag,
                 "duration_seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+                "attempts": report.attempts,
+                **({"note": report.note} if report.note else {}),
             },
         )
     for check in report.checks:
