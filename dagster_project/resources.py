@@ -17,7 +17,9 @@ class LedgerDatabase(dg.ConfigurableResource):
     home: str = "."  # where the local server keeps `.ledger/` when no URL is set
 
     def database_url(self) -> str:
-        return self.url or local_database_url(Path(self.home))
+        # Inside a run Dagster has resolved `url`; used directly (the demo, a script) it is still the EnvVar.
+        url = self.url.get_value() if isinstance(self.url, dg.EnvVar) else self.url
+        return url or local_database_url(Path(self.home))
 
     def connect(self) -> psycopg.Connection:
         return connect(self.database_url())

@@ -40,7 +40,8 @@ _TX_LOGS = """
         FROM tx_logs CROSS JOIN LATERAL jsonb_array_elements(t->'postings') WITH ORDINALITY AS e(p, ord)
         CROSS JOIN (VALUES (true), (false)) AS s(is_source))"""
 
-# Per table: the replay and the table, each as (key columns..., row jsonb). The key is what names a row.
+# Per table: the replay and the table, each with the key columns and then the same typed value columns, so
+# rows compare column by column (`ROW(r.*) IS DISTINCT FROM ROW(s.*)`) and only a differing row is made JSON.
 CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
     "transactions": (("id",), _TX_LOGS + """,
     reverts AS (
@@ -58,29 +59,23 @@ CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
         SELECT id, ledger_core.fold_metadata(op ORDER BY log_id) AS metadata, max(log_id) AS log_id
         FROM metadata_ops GROUP BY id),
     replay AS (
-        SELECT (t->>'id')::bigint AS id, jsonb_build_object(
-                   'timestamp', (t->>'timestamp')::timestamptz, 'inserted_at', (t->>'insertedAt')::timestamptz,
-                   'reference', t->'reference', 'postings', t->'postings',
-                   'pre_commit_volumes', t->'preCommitVolumes', 'post_commit_volumes', t->'postCommitVolumes',
-                   'metadata', m.metadata, 'reverted_at', r.reverted_at, 'log_id', greatest(m.log_id, r.log_id)) AS row
+        SELECT (t->>'id')::bigint AS id, (t->>'timestamp')::timestamptz AS timestamp,
+               (t->>'insertedAt')::timestamptz AS inserted_at, t->>'reference' AS reference, t->'postings' AS postings,
+               t->'preCommitVolumes' AS pre_commit_volumes, t->'postCommitVolumes' AS post_commit_volumes,
+               m.metadata, r.reverted_at, greatest(m.log_id, r.log_id) AS log_id
         FROM tx_logs LEFT JOIN metadata m ON m.id = (t->>'id')::bigint
         LEFT JOIN reverts r ON r.id = (t->>'id')::bigint),
     stored AS (
-        SELECT id, jsonb_build_object(
-                   'timestamp', timestamp, 'inserted_at', inserted_at, 'reference', reference, 'postings', postings,
-                   'pre_commit_volumes', pre_commit_volumes, 'post_commit_volumes', post_commit_volumes,
-                   'metadata', metadata, 'reverted_at', reverted_at, 'log_id', log_id) AS row
+        SELECT id, timestamp, inserted_at, reference, postings, pre_commit_volumes, post_commit_volumes, metadata,
+               reverted_at, log_id
         FROM ledger_core.transactions WHERE ledger = %(l)s)"""),
     "moves": (("transaction_id", "posting_index", "is_source"), _TX_LOGS + """,
     replay AS (
-        SELECT transaction_id, posting_index, is_source, jsonb_build_object(
-                   'account', account, 'asset', asset, 'amount', amount, 'effective_date', effective_date,
-                   'insertion_date', insertion_date,
-                   'post_commit_input', sum(CASE WHEN is_source THEN 0 ELSE amount END) OVER by_insertion,
-                   'post_commit_output', sum(CASE WHEN is_source THEN amount ELSE 0 END) OVER by_insertion,
-                   'post_commit_effective_input', sum(CASE WHEN is_source THEN 0 ELSE amount END) OVER by_effect,
-                   'post_commit_effective_output', sum(CASE WHEN is_source THEN amount ELSE 0 END) OVER by_effect
-               ) AS row
+        SELECT transaction_id, posting_index, is_source, account, asset, amount, effective_date, insertion_date,
+               sum(CASE WHEN is_source THEN 0 ELSE amount END) OVER by_insertion AS post_commit_input,
+               sum(CASE WHEN is_source THEN amount ELSE 0 END) OVER by_insertion AS post_commit_output,
+               sum(CASE WHEN is_source THEN 0 ELSE amount END) OVER by_effect AS post_commit_effective_input,
+               sum(CASE WHEN is_source THEN amount ELSE 0 END) OVER by_effect AS post_commit_effective_output
         FROM log_moves
         WINDOW by_insertion AS (PARTITION BY account, asset ORDER BY transaction_id, posting_index, is_source DESC
                                 ROWS UNBOUNDED PRECEDING),
@@ -88,24 +83,16 @@ CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
                              ORDER BY effective_date, transaction_id, posting_index, is_source DESC
                              ROWS UNBOUNDED PRECEDING)),
     stored AS (
-        SELECT transaction_id, posting_index, is_source, jsonb_build_object(
-                   'account', account, 'asset', asset, 'amount', amount, 'effective_date', effective_date,
-                   'insertion_date', insertion_date, 'post_commit_input', post_commit_input,
-                   'post_commit_output', post_commit_output,
-                   'post_commit_effective_input', post_commit_effective_input,
-                   'post_commit_effective_output', post_commit_effective_output) AS row
+        SELECT transaction_id, posting_index, is_source, account, asset, amount, effective_date, insertion_date,
+               post_commit_input, post_commit_output, post_commit_effective_input, post_commit_effective_output
         FROM ledger_core.moves WHERE ledger = %(l)s)"""),
     "volumes": (("account", "asset"), _TX_LOGS + """,
     replay AS (
-        SELECT account, asset, jsonb_build_object(
-                   'input', sum(CASE WHEN is_source THEN 0 ELSE amount END),
-                   'output', sum(CASE WHEN is_source THEN amount ELSE 0 END),
-                   'max_effective_date', max(effective_date)) AS row
+        SELECT account, asset, sum(CASE WHEN is_source THEN 0 ELSE amount END) AS input,
+               sum(CASE WHEN is_source THEN amount ELSE 0 END) AS output, max(effective_date) AS max_effective_date
         FROM log_moves GROUP BY account, asset),
     stored AS (
-        SELECT account, asset, jsonb_build_object('input', input, 'output', output,
-                                                  'max_effective_date', max_effective_date) AS row
-        FROM ledger_core.volumes WHERE ledger = %(l)s)"""),
+        SELECT account, asset, input, output, max_effective_date FROM ledger_core.volumes WHERE ledger = %(l)s)"""),
     "accounts": (("address",), _TX_LOGS + """,
     touches AS (
         SELECT account AS address, log_id, date, NULL::jsonb AS op, effective_date FROM log_moves
@@ -119,25 +106,21 @@ CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
         FROM ledger_core.logs WHERE ledger = %(l)s AND type IN ('SET_METADATA', 'DELETE_METADATA')
           AND data->>'targetType' = 'ACCOUNT'),
     replay AS (
-        SELECT address, jsonb_build_object(
-                   'metadata', ledger_core.fold_metadata(op ORDER BY log_id) FILTER (WHERE op IS NOT NULL),
-                   'first_usage', min(effective_date), 'insertion_date', min(date), 'updated_at', max(date)) AS row
+        SELECT address, ledger_core.fold_metadata(op ORDER BY log_id) FILTER (WHERE op IS NOT NULL) AS metadata,
+               min(effective_date) AS first_usage, min(date) AS insertion_date, max(date) AS updated_at
         FROM touches GROUP BY address),
     stored AS (
-        SELECT address, jsonb_build_object('metadata', metadata, 'first_usage', first_usage,
-                                           'insertion_date', insertion_date, 'updated_at', updated_at) AS row
+        SELECT address, metadata, first_usage, insertion_date, updated_at
         FROM ledger_core.accounts WHERE ledger = %(l)s)"""),
     "ledgers": (("name",), """
     replay AS (
-        SELECT %(l)s::text AS name, jsonb_build_object(
-                   'last_log_id', coalesce(max(id), 0),
-                   'last_transaction_id', coalesce(max((data->'transaction'->>'id')::bigint) FILTER (
-                       WHERE type IN ('NEW_TRANSACTION', 'REVERTED_TRANSACTION')), 0),
-                   'last_log_hash', encode((array_agg(hash ORDER BY id DESC))[1], 'hex')) AS row
+        SELECT %(l)s::text AS name, coalesce(max(id), 0) AS last_log_id,
+               coalesce(max((data->'transaction'->>'id')::bigint) FILTER (
+                   WHERE type IN ('NEW_TRANSACTION', 'REVERTED_TRANSACTION')), 0) AS last_transaction_id,
+               encode((array_agg(hash ORDER BY id DESC))[1], 'hex') AS last_log_hash
         FROM ledger_core.logs WHERE ledger = %(l)s),
     stored AS (
-        SELECT name, jsonb_build_object('last_log_id', last_log_id, 'last_transaction_id', last_transaction_id,
-                                        'last_log_hash', encode(last_log_hash, 'hex')) AS row
+        SELECT name, last_log_id, last_transaction_id, encode(last_log_hash, 'hex') AS last_log_hash
         FROM ledger_core.ledgers WHERE name = %(l)s)"""),
 }
 
@@ -146,8 +129,10 @@ def _first_difference_sql(key: tuple[str, ...], ctes: str) -> str:
     columns = ", ".join(key)
     order = ", ".join(f"{k} DESC" if k == "is_source" else k for k in key)
     return f"""WITH {ctes.strip()}
-        SELECT {columns}, r.row, s.row FROM replay r FULL JOIN stored s USING ({columns})
-        WHERE r.row IS DISTINCT FROM s.row ORDER BY {order} LIMIT 1"""
+        SELECT {columns}, CASE WHEN r IS NULL THEN NULL ELSE to_jsonb(r) END,
+               CASE WHEN s IS NULL THEN NULL ELSE to_jsonb(s) END
+        FROM replay r FULL JOIN stored s USING ({columns})
+        WHERE ROW(r.*) IS DISTINCT FROM ROW(s.*) ORDER BY {order} LIMIT 1"""
 
 
 def _count_sql(ctes: str) -> str:
@@ -180,7 +165,9 @@ def verify_deep(conn: psycopg.Connection, ledger: str) -> DeepReport:
             found = conn.execute(_first_difference_sql(key, ctes), {"l": ledger}).fetchone()
             if found is not None:
                 values = dict(zip(key, found[: len(key)], strict=True))
-                raise LedgerInconsistent(ledger, table, values, *_differing(found[len(key)], found[len(key) + 1]))
+                replayed, stored = (None if row is None else {k: v for k, v in row.items() if k not in key}
+                                    for row in found[len(key):])
+                raise LedgerInconsistent(ledger, table, values, *_differing(replayed, stored))
             rows[table] = int(conn.execute(_count_sql(ctes), {"l": ledger}).fetchone()[0])  # type: ignore[index]
     return DeepReport(chain, rows, time.perf_counter() - started)
 

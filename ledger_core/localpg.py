@@ -22,12 +22,14 @@ import pwd
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ledger_core.errors import LocalServerError
 
 SERVER_USER = "postgres"
+START_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,27 @@ def _running_port(data_dir: Path) -> int | None:
     return port
 
 
+def _process_gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, not yet reaped): either way it holds nothing."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
+def _clear_stale_lock(data_dir: Path) -> None:
+    """After an unclean stop (kill -9, a crash) postmaster.pid may name a dead postmaster; PostgreSQL refuses to
+    start while that PID exists, and a zombie's does until it is reaped. Remove such a lock file."""
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (OSError, IndexError, ValueError):
+        return
+    if _process_gone(pid):
+        pid_file.unlink(missing_ok=True)
+
+
 def _run(cmd: list[str], what: str) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
@@ -217,11 +240,20 @@ def ensure_server(
         log_file = data_dir.parent / (data_dir.name + ".log")
         log_file.touch()
         _chown_to_server_user(log_file)
-        _run(
-            [*_as_server_user(), str(binaries / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file),
-             "-o", f"-p {port}", "-w", "-t", "60", "start"],
-            f"starting PostgreSQL on {data_dir} (log: {log_file})",
-        )
+        for attempt in range(1, START_ATTEMPTS + 1):
+            _clear_stale_lock(data_dir)
+            try:
+                _run(
+                    [*_as_server_user(), str(binaries / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file),
+                     "-o", f"-p {port}", "-w", "-t", "60", "start"],
+                    f"starting PostgreSQL on {data_dir} (log: {log_file})",
+                )
+                break
+            except LocalServerError:
+                # Backends orphaned by an unclean stop exit on their own within moments, releasing shared memory.
+                if attempt == START_ATTEMPTS:
+                    raise
+                time.sleep(attempt)
         return LocalServer(data_dir, port, started=True, initialised=initialised)
 
 
@@ -278,8 +310,10 @@ def remove_server(data_dir: Path, *, bin_dir: str | None = None) -> list[Path]:
     requested, real = data_dir.resolve(), locate(data_dir)
     stop_server(data_dir, bin_dir=bin_dir)
     removed = []
-    siblings = [requested.parent / (requested.name + suffix) for suffix in (".location", ".port", ".log", ".lock")]
-    for path in [real, requested, *siblings]:
+    # Beside the requested path (its .location) and beside where it really lives (.port, .log, .lock).
+    siblings = {folder.parent / (folder.name + suffix) for folder in (requested, real)
+                for suffix in (".location", ".port", ".log", ".lock")}
+    for path in [real, requested, *sorted(siblings)]:
         if path.is_dir():
             shutil.rmtree(path)
             removed.append(path)

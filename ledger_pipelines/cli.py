@@ -58,14 +58,15 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
     @click.option("--driver", required=True, help="duckdb, postgres, clickhouse …")
     @click.option("--config", "config", required=True,
                   help='JSON config, secrets by env name: {"password": {"env": "PG_PASSWORD"}}.')
+    @click.option("--name", default=None, help="A unique, readable name (default: the driver's).")
     @handles_errors
-    def exporters_create(driver: str, config: str) -> None:
-        """Create an exporter; the driver validates the config first."""
+    def exporters_create(driver: str, config: str, name: str | None) -> None:
+        """Create an exporter; the driver validates the config first. Relative paths are stored absolute."""
         with db() as conn:
-            emit(registry.create_exporter(conn, driver, parse_json(config, what="config")).to_json())
+            emit(registry.create_exporter(conn, driver, parse_json(config, what="config"), name=name).to_json())
 
     @exporters.command("update")
-    @click.argument("exporter_id")
+    @click.argument("exporter_id", metavar="EXPORTER")
     @click.option("--config", "config", required=True,
                   help='JSON object of the settings to change, e.g. {"money": "text"}; null removes a setting.')
     @handles_errors
@@ -82,7 +83,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit([e.to_json() for e in registry.list_exporters(conn)])
 
     @exporters.command("get")
-    @click.argument("exporter_id")
+    @click.argument("exporter_id", metavar="EXPORTER")
     @handles_errors
     def exporters_get(exporter_id: str) -> None:
         """Show one exporter."""
@@ -90,7 +91,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit(registry.get_exporter(conn, exporter_id).to_json())
 
     @exporters.command("delete")
-    @click.argument("exporter_id")
+    @click.argument("exporter_id", metavar="EXPORTER")
     @handles_errors
     def exporters_delete(exporter_id: str) -> None:
         """Delete an exporter that no pipeline uses."""
@@ -104,14 +105,15 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
 
     @pipelines.command("create")
     @click.argument("ledger")
-    @click.option("--exporter", "exporter_id", required=True)
+    @click.option("--exporter", "exporter_id", required=True, help="The exporter's id or name.")
     @click.option("--cadence", type=click.Choice([c.value for c in registry.Cadence]), default="hourly",
                   show_default=True, help="How Dagster schedules it.")
+    @click.option("--name", default=None, help="A unique, readable name (default: LEDGER-EXPORTER).")
     @handles_errors
-    def pipelines_create(ledger: str, exporter_id: str, cadence: str) -> None:
+    def pipelines_create(ledger: str, exporter_id: str, cadence: str, name: str | None) -> None:
         """Connect LEDGER to an exporter."""
         with db() as conn:
-            emit(registry.create_pipeline(conn, ledger, exporter_id, cadence).to_json())
+            emit(registry.create_pipeline(conn, ledger, exporter_id, cadence, name=name).to_json())
 
     @pipelines.command("list")
     @click.option("--ledger", default=None)
@@ -122,7 +124,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit([p.to_json() for p in registry.list_pipelines(conn, ledger=ledger)])
 
     @pipelines.command("get")
-    @click.argument("pipeline_id")
+    @click.argument("pipeline_id", metavar="PIPELINE")
     @handles_errors
     def pipelines_get(pipeline_id: str) -> None:
         """Show one pipeline."""
@@ -130,7 +132,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit(registry.get_pipeline(conn, pipeline_id).to_json())
 
     @pipelines.command("history")
-    @click.argument("pipeline_id")
+    @click.argument("pipeline_id", metavar="PIPELINE")
     @click.option("--limit", default=20, show_default=True, type=int)
     @handles_errors
     def pipelines_history(pipeline_id: str, limit: int) -> None:
@@ -139,7 +141,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit([run.to_json() for run in registry.sync_history(conn, pipeline_id, limit=limit)])
 
     @pipelines.command("start")
-    @click.argument("pipeline_id")
+    @click.argument("pipeline_id", metavar="PIPELINE")
     @handles_errors
     def pipelines_start(pipeline_id: str) -> None:
         """Enable a pipeline; it resumes from its cursor."""
@@ -147,7 +149,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit(registry.set_enabled(conn, pipeline_id, True).to_json())
 
     @pipelines.command("stop")
-    @click.argument("pipeline_id")
+    @click.argument("pipeline_id", metavar="PIPELINE")
     @handles_errors
     def pipelines_stop(pipeline_id: str) -> None:
         """Disable a pipeline; its cursor is kept."""
@@ -155,7 +157,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit(registry.set_enabled(conn, pipeline_id, False).to_json())
 
     @pipelines.command("cadence")
-    @click.argument("pipeline_id")
+    @click.argument("pipeline_id", metavar="PIPELINE")
     @click.argument("cadence", type=click.Choice([c.value for c in registry.Cadence]))
     @handles_errors
     def pipelines_cadence(pipeline_id: str, cadence: str) -> None:
@@ -164,7 +166,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit(registry.set_cadence(conn, pipeline_id, cadence).to_json())
 
     @pipelines.command("reset")
-    @click.argument("pipeline_id")
+    @click.argument("pipeline_id", metavar="PIPELINE")
     @click.option("--to-log-id", default=0, show_default=True, type=int, help="Replay logs after this id.")
     @handles_errors
     def pipelines_reset(pipeline_id: str, to_log_id: int) -> None:
@@ -173,7 +175,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
             emit(registry.reset_pipeline(conn, pipeline_id, to_log_id).to_json())
 
     @pipelines.command("delete")
-    @click.argument("pipeline_id")
+    @click.argument("pipeline_id", metavar="PIPELINE")
     @handles_errors
     def pipelines_delete(pipeline_id: str) -> None:
         """Delete a pipeline (its warehouse tables stay)."""
@@ -182,7 +184,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
         emit({"deleted": pipeline_id})
 
     @cli.command("sync")
-    @click.argument("pipeline_id", required=False)
+    @click.argument("pipeline_id", metavar="[PIPELINE]", required=False)
     @click.option("--all", "all_", is_flag=True, help="Every enabled pipeline with new logs.")
     @click.option("--follow", "follow_mode", is_flag=True, help="Keep running; sync within moments of each commit.")
     @click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int)
@@ -190,7 +192,7 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
     @handles_errors
     def sync_cmd(pipeline_id: str | None, all_: bool, follow_mode: bool, batch_size: int,
                  progress: bool | None) -> None:
-        """Load a pipeline's new logs into its warehouse, then move its cursor."""
+        """Load a pipeline's new logs (by id or name) into its warehouse, then move its cursor."""
         if bool(pipeline_id) == all_:
             raise click.UsageError("give a PIPELINE_ID or --all")
         if batch_size < 1:

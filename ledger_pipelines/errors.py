@@ -55,9 +55,20 @@ class PipelineAlreadyExists(PipelineError):
 
     error_code = "CONFLICT"
 
-    def __init__(self, ledger: str, exporter_id: str, existing_id: str):
-        super().__init__(f"ledger '{ledger}' already has pipeline '{existing_id}' to exporter '{exporter_id}'")
-        self.existing_id = existing_id
+    def __init__(self, ledger: str, exporter: str, existing: str):
+        super().__init__(f"ledger '{ledger}' already has pipeline '{existing}' to exporter '{exporter}'")
+        self.existing = existing
+
+
+class NameTaken(PipelineError):
+    """Another exporter or pipeline has this name."""
+
+    error_code = "CONFLICT"
+
+    def __init__(self, kind: str, name: str):
+        super().__init__(f"an {kind} named '{name}' exists already; choose another --name" if kind == "exporter"
+                         else f"a {kind} named '{name}' exists already; choose another --name")
+        self.name = name
 
 
 class PipelineStopped(PipelineError):

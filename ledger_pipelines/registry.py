@@ -4,6 +4,9 @@ Formance semantics: an exporter is a driver plus its config; a pipeline connects
 exporter and remembers `lastLogID`, the last log loaded. Stop and start keep the position; reset moves it
 back (to 0 or a chosen log id); an exporter with pipelines cannot be deleted. Secrets are never stored:
 a config value `{"env": "NAME"}` is read from the environment when the exporter runs.
+
+Exporters and pipelines have an id (12 hex digits) and a readable, unique name (`warehouse`, `shop-warehouse`);
+every function that takes one takes either, and names never look like ids, so the two cannot be confused.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ledger_pipelines.errors import (
     ExporterNotFound,
     InvalidExporterConfig,
     InvalidReset,
+    NameTaken,
     PipelineAlreadyExists,
     PipelineNotFound,
 )
@@ -77,6 +81,17 @@ PIPELINE_MIGRATIONS = (
     );
     CREATE INDEX sync_runs_pipeline ON ledger_pipelines.sync_runs (pipeline_id, id DESC);
     """,
+    # 3: readable, unique names; existing exporters and pipelines are named after their driver or ledger.
+    """
+    ALTER TABLE ledger_pipelines.exporters ADD COLUMN name text;
+    UPDATE ledger_pipelines.exporters SET name = driver || '-' || left(id, 6);
+    ALTER TABLE ledger_pipelines.exporters ALTER COLUMN name SET NOT NULL;
+    ALTER TABLE ledger_pipelines.exporters ADD CONSTRAINT exporters_name UNIQUE (name);
+    ALTER TABLE ledger_pipelines.pipelines ADD COLUMN name text;
+    UPDATE ledger_pipelines.pipelines SET name = left(ledger, 100) || '-' || left(id, 6);
+    ALTER TABLE ledger_pipelines.pipelines ALTER COLUMN name SET NOT NULL;
+    ALTER TABLE ledger_pipelines.pipelines ADD CONSTRAINT pipelines_name UNIQUE (name);
+    """,
 )
 
 
@@ -93,6 +108,7 @@ class Cadence(StrEnum):
 @dataclass(frozen=True)
 class Exporter:
     id: str
+    name: str
     driver: str
     config: dict[str, Any]
     created_at: datetime
@@ -102,13 +118,14 @@ class Exporter:
         return sorted(v["env"] for v in self.config.values() if isinstance(v, dict) and "env" in v)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "driver": self.driver, "config": self.config,
+        return {"id": self.id, "name": self.name, "driver": self.driver, "config": self.config,
                 "createdAt": format_timestamp(self.created_at)}
 
 
 @dataclass(frozen=True)
 class Pipeline:
     id: str
+    name: str
     ledger: str
     exporter_id: str
     last_log_id: int
@@ -134,7 +151,8 @@ class Pipeline:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "ledger": self.ledger, "exporterID": self.exporter_id, "lastLogID": self.last_log_id,
+            "id": self.id, "name": self.name, "ledger": self.ledger, "exporterID": self.exporter_id,
+            "lastLogID": self.last_log_id,
             "enabled": self.enabled, "createdAt": format_timestamp(self.created_at), "cadence": str(self.cadence),
             "lag": self.lag, "lastSyncAt": format_timestamp(self.last_sync_at) if self.last_sync_at else None,
             "secondsSinceLastSync": None if self.seconds_since_sync is None else round(self.seconds_since_sync, 1),
@@ -144,26 +162,58 @@ class Pipeline:
 
 
 ID = re.compile(r"[0-9a-f]{12}")
+NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,126}")
 
 
 def _new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _well_formed(value: Any) -> bool:
-    """Ids are 12 hex digits: anything else cannot exist, and is answered without a query."""
-    return isinstance(value, str) and ID.fullmatch(value) is not None
+def _lookup(ref: Any) -> tuple[str, str] | None:
+    """The column and value an id or a name is found by; None for what can be neither (no query needed)."""
+    if not isinstance(ref, str):
+        return None
+    if ID.fullmatch(ref):
+        return "id", ref
+    return ("name", ref) if NAME.fullmatch(ref) else None
 
 
-def create_exporter(conn: psycopg.Connection, driver: str, config: Any, *, base_dir: Path | None = None) -> Exporter:
+def check_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not NAME.fullmatch(value) or ID.fullmatch(value):
+        raise ValidationError(f"{what} names are 1 to 127 letters, digits, '_' or '-', starting with a letter or "
+                              f"digit, and not 12 hex digits (that is an id); got {value!r}", field="name")
+    return value
+
+
+def _free_name(conn: psycopg.Connection, table: str, base: str) -> str:
+    """`base`, or `base-2`, `base-3`…: the first name no row of `table` has."""
+    base = re.sub(r"[^a-zA-Z0-9_-]", "-", base)[:120].strip("-_") or "x"
+    taken = {r[0] for r in conn.execute(f"SELECT name FROM ledger_pipelines.{table} WHERE name = %s "
+                                        f"OR name LIKE %s", (base, base.replace("_", r"\_") + "-%"))}
+    if base not in taken and not ID.fullmatch(base):
+        return base
+    return next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
+
+
+_EXPORTER_COLUMNS = "id, name, driver, config, created_at"
+
+
+def create_exporter(conn: psycopg.Connection, driver: str, config: Any, *, name: str | None = None,
+                    base_dir: Path | None = None) -> Exporter:
     """Validate and store an exporter; relative paths in its config are resolved against `base_dir` (the
-    folder the user typed them in, default the working folder) and stored absolute."""
+    folder the user typed them in, default the working folder) and stored absolute. Unnamed, it is named
+    after its driver (`duckdb`, `duckdb-2`, …)."""
+    if name is not None:
+        check_name(name, "exporter")
     checked = prepare_config(driver, config, base_dir or Path.cwd())
-    row = conn.execute(
-        """INSERT INTO ledger_pipelines.exporters (id, driver, config) VALUES (%s, %s, %s)
-           RETURNING id, driver, config, created_at""",
-        (_new_id(), driver, Jsonb(checked)),
-    ).fetchone()
+    try:
+        row = conn.execute(
+            f"""INSERT INTO ledger_pipelines.exporters (id, name, driver, config) VALUES (%s, %s, %s, %s)
+                RETURNING {_EXPORTER_COLUMNS}""",
+            (_new_id(), name or _free_name(conn, "exporters", driver), driver, Jsonb(checked)),
+        ).fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise NameTaken("exporter", name or driver) from None
     assert row is not None
     return Exporter(*row)
 
@@ -180,45 +230,46 @@ def update_exporter(conn: psycopg.Connection, exporter_id: str, changes: Any, *,
     merged = {k: v for k, v in {**exporter.config, **changes}.items() if v is not None}
     checked = prepare_config(exporter.driver, merged, base_dir or Path.cwd())
     row = conn.execute(
-        "UPDATE ledger_pipelines.exporters SET config = %s WHERE id = %s RETURNING id, driver, config, created_at",
-        (Jsonb(checked), exporter_id),
+        f"UPDATE ledger_pipelines.exporters SET config = %s WHERE id = %s RETURNING {_EXPORTER_COLUMNS}",
+        (Jsonb(checked), exporter.id),
     ).fetchone()
     if row is None:
         raise ExporterNotFound(exporter_id)
     return Exporter(*row)
 
 
-def get_exporter(conn: psycopg.Connection, exporter_id: str) -> Exporter:
-    if not _well_formed(exporter_id):
-        raise ExporterNotFound(exporter_id)
-    row = conn.execute(
-        "SELECT id, driver, config, created_at FROM ledger_pipelines.exporters WHERE id = %s", (exporter_id,)
-    ).fetchone()
+def get_exporter(conn: psycopg.Connection, exporter_ref: str) -> Exporter:
+    """The exporter with this id or name."""
+    lookup = _lookup(exporter_ref)
+    if lookup is None:
+        raise ExporterNotFound(exporter_ref)
+    row = conn.execute(f"SELECT {_EXPORTER_COLUMNS} FROM ledger_pipelines.exporters WHERE {lookup[0]} = %s",
+                       (lookup[1],)).fetchone()
     if row is None:
-        raise ExporterNotFound(exporter_id)
+        raise ExporterNotFound(exporter_ref)
     return Exporter(*row)
 
 
 def list_exporters(conn: psycopg.Connection) -> list[Exporter]:
     rows = conn.execute(
-        "SELECT id, driver, config, created_at FROM ledger_pipelines.exporters ORDER BY created_at, id"
+        f"SELECT {_EXPORTER_COLUMNS} FROM ledger_pipelines.exporters ORDER BY created_at, id"
     ).fetchall()
     return [Exporter(*r) for r in rows]
 
 
-def delete_exporter(conn: psycopg.Connection, exporter_id: str) -> None:
+def delete_exporter(conn: psycopg.Connection, exporter_ref: str) -> None:
     with conn.transaction():
-        get_exporter(conn, exporter_id)
+        exporter = get_exporter(conn, exporter_ref)
         attached = [r[0] for r in conn.execute(
-            "SELECT id FROM ledger_pipelines.pipelines WHERE exporter_id = %s ORDER BY id FOR UPDATE",
-            (exporter_id,))]
+            "SELECT name FROM ledger_pipelines.pipelines WHERE exporter_id = %s ORDER BY name FOR UPDATE",
+            (exporter.id,))]
         if attached:
-            raise ExporterInUse(exporter_id, attached)
-        conn.execute("DELETE FROM ledger_pipelines.exporters WHERE id = %s", (exporter_id,))
+            raise ExporterInUse(exporter.name, attached)
+        conn.execute("DELETE FROM ledger_pipelines.exporters WHERE id = %s", (exporter.id,))
 
 
 _PIPELINE_SELECT = """
-    SELECT p.id, p.ledger, p.exporter_id, p.last_log_id, p.enabled, p.cadence, p.created_at, p.last_sync_at,
+    SELECT p.id, p.name, p.ledger, p.exporter_id, p.last_log_id, p.enabled, p.cadence, p.created_at, p.last_sync_at,
            p.last_error, p.last_error_code, p.last_error_at, l.last_log_id,
            extract(epoch FROM clock_timestamp() - p.last_sync_at)::float8
     FROM ledger_pipelines.pipelines p JOIN ledger_core.ledgers l ON l.name = p.ledger"""
@@ -226,28 +277,37 @@ _PIPELINE_SELECT = """
 
 def _pipeline(row: Any) -> Pipeline:
     values = list(row)
-    values[5] = Cadence(values[5])
+    values[6] = Cadence(values[6])
     return Pipeline(*values)
 
 
-def create_pipeline(conn: psycopg.Connection, ledger: str, exporter_id: str,
-                    cadence: str = Cadence.HOURLY) -> Pipeline:
+def create_pipeline(conn: psycopg.Connection, ledger: str, exporter_ref: str,
+                    cadence: str = Cadence.HOURLY, *, name: str | None = None) -> Pipeline:
+    """Connect `ledger` to an exporter (by id or name). Unnamed, it is named `<ledger>-<exporter name>`."""
     ledger_name(ledger)
     checked_cadence = _cadence(cadence)
+    if name is not None:
+        check_name(name, "pipeline")
     with conn.transaction():
         if conn.execute("SELECT 1 FROM ledger_core.ledgers WHERE name = %s", (ledger,)).fetchone() is None:
             raise LedgerNotFound(ledger)
-        get_exporter(conn, exporter_id)
+        exporter = get_exporter(conn, exporter_ref)
         existing = conn.execute(
-            "SELECT id FROM ledger_pipelines.pipelines WHERE ledger = %s AND exporter_id = %s", (ledger, exporter_id)
+            "SELECT name FROM ledger_pipelines.pipelines WHERE ledger = %s AND exporter_id = %s", (ledger, exporter.id)
         ).fetchone()
         if existing:
-            raise PipelineAlreadyExists(ledger, exporter_id, existing[0])
+            raise PipelineAlreadyExists(ledger, exporter.name, existing[0])
         pipeline_id = _new_id()
-        conn.execute(
-            "INSERT INTO ledger_pipelines.pipelines (id, ledger, exporter_id, cadence) VALUES (%s, %s, %s, %s)",
-            (pipeline_id, ledger, exporter_id, str(checked_cadence)),
-        )
+        try:
+            with conn.transaction():
+                conn.execute(
+                    """INSERT INTO ledger_pipelines.pipelines (id, name, ledger, exporter_id, cadence)
+                       VALUES (%s, %s, %s, %s, %s)""",
+                    (pipeline_id, name or _free_name(conn, "pipelines", f"{ledger}-{exporter.name}"), ledger,
+                     exporter.id, str(checked_cadence)),
+                )
+        except psycopg.errors.UniqueViolation:
+            raise NameTaken("pipeline", name or ledger) from None
     return get_pipeline(conn, pipeline_id)
 
 
@@ -258,12 +318,14 @@ def _cadence(value: str) -> Cadence:
         raise ValidationError(f"must be one of {', '.join(c.value for c in Cadence)}", field="cadence") from None
 
 
-def get_pipeline(conn: psycopg.Connection, pipeline_id: str) -> Pipeline:
-    if not _well_formed(pipeline_id):
-        raise PipelineNotFound(pipeline_id)
-    row = conn.execute(_PIPELINE_SELECT + " WHERE p.id = %s", (pipeline_id,)).fetchone()
+def get_pipeline(conn: psycopg.Connection, pipeline_ref: str) -> Pipeline:
+    """The pipeline with this id or name."""
+    lookup = _lookup(pipeline_ref)
+    if lookup is None:
+        raise PipelineNotFound(pipeline_ref)
+    row = conn.execute(_PIPELINE_SELECT + f" WHERE p.{lookup[0]} = %s", (lookup[1],)).fetchone()
     if row is None:
-        raise PipelineNotFound(pipeline_id)
+        raise PipelineNotFound(pipeline_ref)
     return _pipeline(row)
 
 
@@ -275,54 +337,37 @@ def list_pipelines(conn: psycopg.Connection, *, ledger: str | None = None) -> li
     return [_pipeline(r) for r in rows.fetchall()]
 
 
-def set_enabled(conn: psycopg.Connection, pipeline_id: str, enabled: bool) -> Pipeline:
-    get_pipeline(conn, pipeline_id)
-    updated = conn.execute(
-        "UPDATE ledger_pipelines.pipelines SET enabled = %s WHERE id = %s RETURNING id", (enabled, pipeline_id)
-    ).fetchone()
-    if updated is None:
-        raise PipelineNotFound(pipeline_id)
-    return get_pipeline(conn, pipeline_id)
+def set_enabled(conn: psycopg.Connection, pipeline_ref: str, enabled: bool) -> Pipeline:
+    pipeline = get_pipeline(conn, pipeline_ref)
+    conn.execute("UPDATE ledger_pipelines.pipelines SET enabled = %s WHERE id = %s", (enabled, pipeline.id))
+    return get_pipeline(conn, pipeline.id)
 
 
-def set_cadence(conn: psycopg.Connection, pipeline_id: str, cadence: str) -> Pipeline:
-    get_pipeline(conn, pipeline_id)
-    updated = conn.execute(
-        "UPDATE ledger_pipelines.pipelines SET cadence = %s WHERE id = %s RETURNING id",
-        (str(_cadence(cadence)), pipeline_id),
-    ).fetchone()
-    if updated is None:
-        raise PipelineNotFound(pipeline_id)
-    return get_pipeline(conn, pipeline_id)
+def set_cadence(conn: psycopg.Connection, pipeline_ref: str, cadence: str) -> Pipeline:
+    checked = _cadence(cadence)
+    pipeline = get_pipeline(conn, pipeline_ref)
+    conn.execute("UPDATE ledger_pipelines.pipelines SET cadence = %s WHERE id = %s", (str(checked), pipeline.id))
+    return get_pipeline(conn, pipeline.id)
 
 
-def reset_pipeline(conn: psycopg.Connection, pipeline_id: str, to_log_id: int = 0) -> Pipeline:
+def reset_pipeline(conn: psycopg.Connection, pipeline_ref: str, to_log_id: int = 0) -> Pipeline:
     """Move the cursor back so the next sync replays from `to_log_id + 1`; loads absorb the duplicates.
 
     Only backwards (or to where it is): moving it forward would skip logs for good.
     """
-    pipeline = get_pipeline(conn, pipeline_id)
+    pipeline = get_pipeline(conn, pipeline_ref)
     if to_log_id < 0 or to_log_id > pipeline.last_log_id:
         raise InvalidReset(
-            f"cannot reset pipeline '{pipeline_id}' to log {to_log_id}: a reset only moves the cursor back, "
+            f"cannot reset pipeline '{pipeline.name}' to log {to_log_id}: a reset only moves the cursor back, "
             f"and it stands at log {pipeline.last_log_id} (give 0 to {pipeline.last_log_id}; logs are never skipped)"
         )
-    moved = conn.execute(
-        "UPDATE ledger_pipelines.pipelines SET last_log_id = %s WHERE id = %s AND last_log_id = %s RETURNING id",
-        (to_log_id, pipeline_id, pipeline.last_log_id),
-    ).fetchone()
-    if moved is None:
-        raise CursorMoved(pipeline_id, pipeline.last_log_id)
-    return get_pipeline(conn, pipeline_id)
+    move_cursor(conn, pipeline.id, pipeline.last_log_id, to_log_id)
+    return get_pipeline(conn, pipeline.id)
 
 
-def delete_pipeline(conn: psycopg.Connection, pipeline_id: str) -> None:
-    get_pipeline(conn, pipeline_id)
-    deleted = conn.execute(
-        "DELETE FROM ledger_pipelines.pipelines WHERE id = %s RETURNING id", (pipeline_id,)
-    ).fetchone()
-    if deleted is None:
-        raise PipelineNotFound(pipeline_id)
+def delete_pipeline(conn: psycopg.Connection, pipeline_ref: str) -> None:
+    pipeline = get_pipeline(conn, pipeline_ref)
+    conn.execute("DELETE FROM ledger_pipelines.pipelines WHERE id = %s", (pipeline.id,))
 
 
 def move_cursor(conn: psycopg.Connection, pipeline_id: str, expected: int, new: int) -> None:
@@ -394,10 +439,10 @@ def record_sync(conn: psycopg.Connection, pipeline_id: str, *, trigger: str, sta
     return SyncRun(*row)
 
 
-def sync_history(conn: psycopg.Connection, pipeline_id: str, *, limit: int = 20,
+def sync_history(conn: psycopg.Connection, pipeline_ref: str, *, limit: int = 20,
                  after_id: int = 0) -> list[SyncRun]:
     """The pipeline's sync attempts, newest first (`after_id`: only those recorded after that one)."""
-    get_pipeline(conn, pipeline_id)
+    pipeline_id = get_pipeline(conn, pipeline_ref).id
     if not 1 <= limit <= 10_000:
         raise ValidationError("must be between 1 and 10000", field="limit")
     rows = conn.execute(

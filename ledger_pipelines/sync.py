@@ -113,7 +113,7 @@ def sync_pipeline(
     reader: LogReader | None = None, trigger: str = "api", retry: RetryPolicy = DEFAULT_RETRY,
     sleep: Callable[[float], None] = time.sleep,
 ) -> SyncReport:
-    """Load every log committed before the call that the pipeline has not exported yet.
+    """Load every log committed before the call that the pipeline (id or name) has not exported yet.
 
     With `verify_after`, then prove the warehouse equals the ledger at the new cursor (still under the
     pipeline's lock, so no other sync moves it meanwhile); the results are in `report.checks`.
@@ -124,6 +124,7 @@ def sync_pipeline(
     started, started_at = time.perf_counter(), datetime.now(UTC)
     with connect(database_url) as conn:
         registry.migrate_pipelines(conn)
+        pipeline_id = registry.get_pipeline(conn, pipeline_id).id  # a name resolves to the id: one lock each
         got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(pipeline_id),)).fetchone()
         if not got or not got[0]:
             raise PipelineBusy(pipeline_id)

@@ -79,6 +79,8 @@ def test_the_local_server_lifecycle_as_a_user_sees_it(tmp_path):
         assert removed.returncode == 0 and json.loads(removed.stdout)["removed"] == [running["dataDir"]]
         assert "stopping and removing the local PostgreSQL server at" in removed.stderr
         assert not Path(running["dataDir"]).exists()
+        if running["dataDir"].startswith(str(localpg.FALLBACK_ROOT)):
+            assert not Path(running["dataDir"]).parent.exists()  # nothing left behind, wherever it lived
         assert not json.loads(_ledgerctl(home, "db", "status").stdout)["local"]["exists"]
     finally:
         for cluster in localpg.local_clusters(home):
