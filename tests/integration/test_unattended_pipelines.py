@@ -64,11 +64,16 @@ def _hold(path, seconds: float) -> subprocess.Popen:
     return holder
 
 
-def test_a_locked_warehouse_is_retried_until_the_lock_goes(conn, ledger, duckdb_pipeline):
-    pipeline, path = duckdb_pipeline
+def _one_exported_one_waiting(conn, ledger, pipeline) -> None:
+    """Log 1 in the warehouse (so its file exists), log 2 waiting to be synced."""
     send(conn, ledger, posting("world", "a", 1))
     sync_pipeline(conn.info.dsn, pipeline.id, environ={})
     send(conn, ledger, posting("world", "a", 2))
+
+
+def test_a_locked_warehouse_is_retried_until_the_lock_goes(conn, ledger, duckdb_pipeline):
+    pipeline, path = duckdb_pipeline
+    _one_exported_one_waiting(conn, ledger, pipeline)
     holder = _hold(path, 2.0)
     try:
         report = sync_pipeline(conn.info.dsn, pipeline.id, environ={},
@@ -82,9 +87,7 @@ def test_a_locked_warehouse_is_retried_until_the_lock_goes(conn, ledger, duckdb_
 
 def test_a_lock_that_outlasts_the_retries_heals_at_the_next_sync(conn, ledger, duckdb_pipeline):
     pipeline, path = duckdb_pipeline
-    send(conn, ledger, posting("world", "a", 1))
-    sync_pipeline(conn.info.dsn, pipeline.id, environ={})
-    send(conn, ledger, posting("world", "a", 2))
+    _one_exported_one_waiting(conn, ledger, pipeline)
     holder = _hold(path, 60)
     try:
         with pytest.raises(TransientLoadError):
