@@ -64,6 +64,8 @@ def test_sync_follow_loads_within_moments_of_a_commit(database_url, conn, ledger
     finally:
         follower.send_signal(signal.SIGINT)
         follower.wait(timeout=20)
+    history = json.loads(run(database_url, "pipelines", "history", pipeline["name"]).stdout)
+    assert [(h["trigger"], h["outcome"], h["toLogID"]) for h in history] == [("follow", "succeeded", 1)]
 
 
 def test_sync_all_runs_every_pipeline_and_reports_failures(fresh_db_url, tmp_path):
