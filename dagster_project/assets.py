@@ -8,13 +8,33 @@ show lineage from the ledger's log.
 
 
 import dagster as dg
+from pydantic import Field
 
 from dagster_project.resources import ExporterSecrets, LedgerDatabase
 from ledger_pipelines import registry
-from ledger_pipelines.sync import sync_pipeline
+from ledger_pipelines.errors import PipelineBusy, PipelineError, TransientLoadError
+from ledger_pipelines.sync import RetryPolicy, sync_pipeline
 from ledger_pipelines.tables import DATA_TABLES
 
+# Partition keys are pipeline names (`shop-warehouse`): readable in the partition list, run tags and backfills.
 PIPELINES = dg.DynamicPartitionsDefinition(name="ledger_pipelines")
+
+# Dagster retries a run's sync step only for failures that may pass (a locked DuckDB file, a warehouse
+# restarting, another sync of the pipeline running); a terminal failure (a value that does not fit, a broken
+# chain, a missing secret) fails at once, with its code and what to do in the failure's description.
+SYNC_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+
+class SyncConfig(dg.Config):
+    """Launchpad settings of one sync (all optional)."""
+
+    reset_to_log_id: int | None = Field(
+        default=None, ge=0,
+        description="Before syncing, move the pipeline's cursor back to this log id: 0 is a full re-sync. "
+                    "Only backwards; the warehouse absorbs the replayed logs.")
+    retry_attempts: int = Field(
+        default=5, ge=1, le=20,
+        description="Attempts inside the sync for a transient failure, before Dagster's own retry policy.")
 
 LEDGER_LOG = dg.AssetSpec(
     key=dg.AssetKey(["ledger", "log"]),
@@ -64,33 +84,32 @@ CHECK_SPECS = [
     check_specs=CHECK_SPECS,
     partitions_def=PIPELINES,
     can_subset=False,
+    retry_policy=SYNC_RETRY,
     description="Sync one pipeline's new logs into its warehouse, then prove the warehouse equals the ledger.",
 )
-def warehouse_sync(context: dg.AssetExecutionContext, ledger_db: LedgerDatabase, exporter_secrets: ExporterSecrets):
-    pipeline_id = context.partition_key
+def warehouse_sync(context: dg.AssetExecutionContext, config: SyncConfig, ledger_db: LedgerDatabase,
+                   exporter_secrets: ExporterSecrets):
     url = ledger_db.database_url()
     with ledger_db.connect() as conn:
         registry.migrate_pipelines(conn)
-        exporter = registry.get_exporter(conn, registry.get_pipeline(conn, pipeline_id).exporter_id)
-    report = sync_pipeline(url, pipeline_id, environ=exporter_secrets.environ(exporter.secret_names()),
-                           verify_after=True, trigger="dagster")
-    context.log.info(f"pipeline {pipeline_id}: {report.logs} logs to log {report.to_log_id}, lag {report.lag}")
+        pipeline = registry.get_pipeline(conn, context.partition_key)
+        exporter = registry.get_exporter(conn, pipeline.exporter_id)
+        if config.reset_to_log_id is not None:
+            registry.reset_pipeline(conn, pipeline.id, config.reset_to_log_id)
+            context.log.info(f"pipeline {pipeline.name}: cursor reset to log {config.reset_to_log_id}")
+    try:
+        report = sync_pipeline(url, pipeline.id, environ=exporter_secrets.environ(exporter.secret_names()),
+                               verify_after=True, trigger="dagster", retry=RetryPolicy(attempts=config.retry_attempts))
+    except (TransientLoadError, PipelineBusy):
+        raise  # may pass: Dagster's retry policy runs the step again
+    except PipelineError as exc:
+        raise dg.Failure(description=f"{exc.error_code}: {exc}", allow_retries=False,
+                         metadata={"pipeline": pipeline.name, "error_code": exc.error_code}) from exc
+    context.log.info(f"pipeline {pipeline.name}: {report.logs} logs to log {report.to_log_id}, lag {report.lag}")
     for table in DATA_TABLES:
         yield dg.MaterializeResult(
             asset_key=table_key(table.name),
-            metadata={
-                "pipeline": pipeline_id,
-                "ledger": report.ledger,
-                "exporter": f"{exporter.id} ({exporter.driver})",
-                "logs_loaded": report.logs,
-                "from_log_id": report.from_log_id if report.from_log_id is not None else "nothing new",
-                "to_log_id": report.to_log_id,
-                "rows_loaded": report.rows.get(table.name, 0),
-                "lag_after_run": report.lag,
-                "duration_seconds": dg.MetadataValue.float(round(report.seconds, 3)),
-                "attempts": report.attempts,
-                **({"note": report.note} if report.note else {}),
-            },
+            metadata=materialization_metadata(pipeline, exporter, report.to_json(), table.name, "dagster"),
         )
     for check in report.checks:
         yield dg.AssetCheckResult(
@@ -104,8 +123,35 @@ def warehouse_sync(context: dg.AssetExecutionContext, ledger_db: LedgerDatabase,
         )
 
 
+def materialization_metadata(pipeline: registry.Pipeline, exporter: registry.Exporter | None, sync: dict,
+                             table: str, trigger: str) -> dict:
+    """What every materialization of a warehouse table says, whoever ran the sync (`sync` is its JSON)."""
+    return {
+        "pipeline": pipeline.name,
+        "ledger": pipeline.ledger,
+        "exporter": f"{exporter.name} ({exporter.driver})" if exporter else pipeline.exporter_id,
+        "trigger": trigger,
+        "logs_loaded": sync.get("logs", 0),
+        "from_log_id": sync["fromLogID"] if sync.get("fromLogID") is not None else "nothing new",
+        "to_log_id": sync["toLogID"],
+        "rows_loaded": sync.get("rows", {}).get(table, 0),
+        "lag_after_run": sync.get("lag", 0),
+        "duration_seconds": dg.MetadataValue.float(round(float(sync.get("seconds", 0.0)), 3)),
+        "attempts": sync.get("attempts", 1),
+        **({"note": sync["note"]} if sync.get("note") else {}),
+    }
+
+
 sync_job = dg.define_asset_job(
     name="sync_pipeline",
     selection=dg.AssetSelection.assets(warehouse_sync),
     description="Sync one pipeline (a partition). The instance limits runs to one per partition at a time.",
+)
+
+resync_job = dg.define_asset_job(
+    name="resync_pipeline",
+    selection=dg.AssetSelection.assets(warehouse_sync),
+    config={"ops": {"warehouse_sync": {"config": {"reset_to_log_id": 0}}}},
+    description="Full re-sync of one pipeline (a partition): reset its cursor to 0, then sync every log again. "
+                "The warehouse absorbs the replayed logs; its checks run after.",
 )

@@ -12,9 +12,10 @@ import time
 
 import dagster as dg
 
-from dagster_project.assets import PIPELINES, sync_job
+from dagster_project.assets import LEDGER_LOG, PIPELINES, materialization_metadata, sync_job, table_key
 from dagster_project.resources import LedgerDatabase
 from ledger_pipelines import registry
+from ledger_pipelines.tables import DATA_TABLES
 
 
 def _pipelines(ledger_db: LedgerDatabase) -> list[registry.Pipeline]:
@@ -44,11 +45,11 @@ def _scheduled_runs(context: dg.ScheduleEvaluationContext, ledger_db: LedgerData
     """One run per due pipeline of this cadence: new logs, or a failed last sync (retried every tick)."""
     known = set(context.instance.get_dynamic_partitions(PIPELINES.name))
     due = [p for p in _pipelines(ledger_db) if p.cadence == cadence and p.enabled and (p.lag > 0 or p.failing)
-           and p.id in known and not _in_flight(context.instance, p.id)]
+           and p.name in known and not _in_flight(context.instance, p.name)]
     if not due:
         return dg.SkipReason(f"no enabled {cadence} pipeline has new logs or a failed sync")
     tick = context.scheduled_execution_time.isoformat()  # a new key each tick: a failed sync is asked for again
-    return [dg.RunRequest(partition_key=p.id, run_key=f"{p.id}:{tick}") for p in due]
+    return [dg.RunRequest(partition_key=p.name, run_key=f"{p.name}:{tick}") for p in due]
 
 
 @dg.schedule(name="hourly_sync", cron_schedule="0 * * * *", job=sync_job,
@@ -65,22 +66,84 @@ def daily_sync(context: dg.ScheduleEvaluationContext, ledger_db: LedgerDatabase)
     return _scheduled_runs(context, ledger_db, registry.Cadence.DAILY)
 
 
+def _reported_events(pipelines: list[registry.Pipeline], runs: list[registry.SyncRun], state: dict,
+                     first_sight: set[str]) -> list[dg.AssetMaterialization | dg.AssetObservation]:
+    """What the UI must learn on this tick, whoever synced:
+
+    - the ledger's head (`ledger/log`, one observation when a ledger's last log id moved);
+    - each pipeline's health (an observation of its `warehouse/logs` partition when its lag or failure changed);
+    - every sync run outside Dagster (CLI, `sync --follow`): a runless materialization of the six tables, or, for
+      a failure, an observation carrying the error, so the partition tells the truth whoever ran the sync.
+    """
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = []
+    heads = {p.ledger: p.ledger_last_log_id for p in pipelines}
+    if heads != state.get("heads"):
+        events.append(dg.AssetObservation(asset_key=LEDGER_LOG.key, metadata={
+            **{f"last_log_id/{ledger}": head for ledger, head in sorted(heads.items())},
+            "ledgers": len(heads), "logs": sum(heads.values())}))
+        state["heads"] = heads
+    health = state.setdefault("health", {})
+    for p in pipelines:
+        now = [p.last_log_id, p.lag, p.last_error_code]
+        if health.get(p.name) != now:
+            events.append(dg.AssetObservation(asset_key=table_key("logs"), partition=p.name, metadata={
+                "pipeline": p.name, "ledger": p.ledger, "cursor": p.last_log_id, "ledger_head": p.ledger_last_log_id,
+                "lag": p.lag, "failing": p.failing, "last_error": p.last_error or "",
+                "seconds_since_last_sync": p.seconds_since_sync if p.seconds_since_sync is not None else -1.0}))
+            health[p.name] = now
+    by_id = {p.id: p for p in pipelines}
+    for run in runs:
+        pipeline = by_id.get(run.pipeline_id)
+        if pipeline is None or run.trigger == "dagster":
+            continue  # Dagster's own runs materialize as they go
+        if run.outcome == "failed":
+            events.append(dg.AssetObservation(asset_key=table_key("logs"), partition=pipeline.name, metadata={
+                "pipeline": pipeline.name, "sync_failed": True, "trigger": run.trigger, "sync_run": run.id,
+                "error_code": run.error_code or "", "error": run.error or ""}))
+        elif run.logs or run.pipeline_id in first_sight:
+            sync = {**run.to_json(), "lag": pipeline.lag}
+            events += [dg.AssetMaterialization(asset_key=table_key(t.name), partition=pipeline.name,
+                                               metadata={**materialization_metadata(pipeline, None, sync, t.name,
+                                                                                    run.trigger),
+                                                         "sync_run": run.id})
+                       for t in DATA_TABLES]
+    return events
+
+
 @dg.sensor(name="new_logs_sensor", job=sync_job, minimum_interval_seconds=10,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDatabase) -> dg.SensorResult:
-    """Register new pipelines as partitions; start a sync for realtime pipelines with new logs, and again for
-    one whose sync failed (without waiting for a new write), with backoff after the first retry."""
-    requested: dict[str, dict] = {pid: value if isinstance(value, dict) else {"log": value, "attempt": 1, "at": 0.0}
-                                  for pid, value in (json.loads(context.cursor) if context.cursor else {}).items()}
-    pipelines = _pipelines(ledger_db)
+    """Keep the partitions in step with the pipelines, report what happened outside Dagster, and start syncs for
+    realtime pipelines with new logs, and again for one whose sync failed, with backoff after the first retry."""
+    state = json.loads(context.cursor) if context.cursor else {}
+    if "requested" not in state:  # a cursor from before this format: start afresh
+        state = {}
+    requested: dict[str, dict] = state.setdefault("requested", {})
+    first_tick, last_run, seen = "last_run" not in state, state.get("last_run", 0), set(state.get("seen", []))
+    with ledger_db.connect() as conn:
+        registry.migrate_pipelines(conn)
+        pipelines = registry.list_pipelines(conn)
+        newest = registry.last_sync_run_id(conn)
+        # Runs since the last tick (none on the first: history is not replayed into the UI)...
+        runs = [] if first_tick else registry.sync_runs_after(conn, last_run)
+        # ...and, for a pipeline seen for the first time, its latest run, so one synced from the CLI is not "Missing".
+        runs += [r for p in pipelines if p.name not in seen for r in registry.sync_history(conn, p.id, limit=1)
+                 if first_tick or r.id <= last_run]
+    state["last_run"] = newest if first_tick else max([last_run, *(r.id for r in runs)])
+    runs.sort(key=lambda r: r.id)
     known = set(context.instance.get_dynamic_partitions(PIPELINES.name))
-    current = {p.id for p in pipelines}
+    current = {p.name for p in pipelines}
+    partition_requests = []
+    if current - known:
+        partition_requests.append(PIPELINES.build_add_request(sorted(current - known)))
+    if known - current:
+        partition_requests.append(PIPELINES.build_delete_request(sorted(known - current)))
     now = time.time()
-    runs = []
+    run_requests = []
     for p in pipelines:
         if p.cadence != registry.Cadence.REALTIME or not p.enabled or not (p.lag > 0 or p.failing):
             continue
-        last = requested.get(p.id, {"log": 0, "attempt": 0, "at": 0.0})
+        last = requested.get(p.name, {"log": 0, "attempt": 0, "at": 0.0})
         if p.ledger_last_log_id > last["log"]:
             attempt = 1  # new logs: ask at once
         elif p.failing and p.last_error_at and p.last_error_at.timestamp() > last["at"] \
@@ -88,16 +151,14 @@ def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDataba
             attempt = last["attempt"] + 1  # the run we asked for failed: ask again, same logs
         else:
             continue
-        if _in_flight(context.instance, p.id):
+        if _in_flight(context.instance, p.name):
             continue
-        runs.append(dg.RunRequest(partition_key=p.id, run_key=f"{p.id}:{p.ledger_last_log_id}:{attempt}",
-                                  tags={"ledger/attempt": str(attempt)}))
-        requested[p.id] = {"log": p.ledger_last_log_id, "attempt": attempt, "at": now}
-    partition_requests = []
-    if current - known:
-        partition_requests.append(PIPELINES.build_add_request(sorted(current - known)))
-    if known - current:
-        partition_requests.append(PIPELINES.build_delete_request(sorted(known - current)))
-    cursor = {pid: last for pid, last in requested.items() if pid in current}
-    return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
-                           cursor=json.dumps(cursor, sort_keys=True))
+        run_requests.append(dg.RunRequest(partition_key=p.name, run_key=f"{p.name}:{p.ledger_last_log_id}:{attempt}",
+                                          tags={"ledger/attempt": str(attempt)}))
+        requested[p.name] = {"log": p.ledger_last_log_id, "attempt": attempt, "at": now}
+    state["requested"] = {name: last for name, last in requested.items() if name in current}
+    state["health"] = {name: h for name, h in state.get("health", {}).items() if name in current}
+    events = _reported_events(pipelines, runs, state, first_sight={p.id for p in pipelines if p.name not in seen})
+    state["seen"] = sorted(current)
+    return dg.SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests,
+                           asset_events=events, cursor=json.dumps(state, sort_keys=True))

@@ -49,7 +49,7 @@ def _pipeline(conn, warehouse: Path) -> registry.Pipeline:
     exporter = next((e for e in registry.list_exporters(conn)
                      if e.driver == "duckdb" and e.config.get("path") == str(warehouse)), None)
     if exporter is None:
-        exporter = registry.create_exporter(conn, "duckdb", {"path": str(warehouse)})
+        exporter = registry.create_exporter(conn, "duckdb", {"path": str(warehouse)}, name="demo-warehouse")
     existing = [p for p in registry.list_pipelines(conn, ledger=LEDGER) if p.exporter_id == exporter.id]
     return existing[0] if existing else registry.create_pipeline(conn, LEDGER, exporter.id, "realtime")
 
@@ -64,13 +64,13 @@ def main() -> int:
         chain = reads.verify_chain(conn, LEDGER)
         print(f"ledger '{LEDGER}': {new} new writes ({chain.logs} logs in all), hash chain verified")
         pipeline = _pipeline(conn, warehouse)
-        print(f"pipeline {pipeline.id}: ledger '{LEDGER}' -> duckdb {warehouse} (lag {pipeline.lag} logs)")
+        print(f"pipeline {pipeline.name}: ledger '{LEDGER}' -> duckdb {warehouse} (lag {pipeline.lag} logs)")
 
     instance = dg.DagsterInstance.get()
-    if not instance.has_dynamic_partition(PIPELINES.name, pipeline.id):
-        instance.add_dynamic_partitions(PIPELINES.name, [pipeline.id])
+    if not instance.has_dynamic_partition(PIPELINES.name, pipeline.name):
+        instance.add_dynamic_partitions(PIPELINES.name, [pipeline.name])
     result = defs.resolve_job_def("sync_pipeline").execute_in_process(
-        partition_key=pipeline.id, instance=instance, raise_on_error=False,
+        partition_key=pipeline.name, instance=instance, raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
     if not result.success:
         print("the Dagster run failed; see its events with `make dev`", file=sys.stderr)

@@ -449,3 +449,15 @@ def sync_history(conn: psycopg.Connection, pipeline_ref: str, *, limit: int = 20
         f"""SELECT {_RUN_COLUMNS} FROM ledger_pipelines.sync_runs WHERE pipeline_id = %s AND id > %s
             ORDER BY id DESC LIMIT %s""", (pipeline_id, after_id, limit)).fetchall()
     return [SyncRun(*r) for r in rows]
+
+
+def sync_runs_after(conn: psycopg.Connection, after_id: int, *, limit: int = 200) -> list[SyncRun]:
+    """Every pipeline's sync attempts recorded after `after_id`, oldest first: what a scheduler reports on."""
+    rows = conn.execute(f"SELECT {_RUN_COLUMNS} FROM ledger_pipelines.sync_runs WHERE id > %s ORDER BY id LIMIT %s",
+                        (after_id, limit)).fetchall()
+    return [SyncRun(*r) for r in rows]
+
+
+def last_sync_run_id(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM ledger_pipelines.sync_runs").fetchone()
+    return int(row[0]) if row else 0

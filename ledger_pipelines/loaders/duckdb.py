@@ -59,8 +59,11 @@ def translate_errors() -> Iterator[None]:
     """The one place DuckDB's exceptions become pipeline errors."""
     try:
         yield
-    except duckdb.IOException as exc:  # locked or unreachable file: another process holds it
-        raise TransientLoadError(f"duckdb: {exc}") from exc
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():  # another process (an analyst's session) holds the file: it will let go
+            raise TransientLoadError(f"duckdb: {exc}; close other sessions on the file, or open it read-only "
+                                     "and briefly") from exc
+        raise LoadError(f"duckdb: {exc}") from exc  # a folder where the file should be, no permission: terminal
     except duckdb.Error as exc:
         raise LoadError(f"duckdb: {exc}") from exc
 

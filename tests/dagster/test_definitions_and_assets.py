@@ -47,9 +47,9 @@ def test_materialize_loads_rows_and_passes_checks_then_only_new_logs(instance, r
     pipeline = make_pipeline("shop")
     for i in range(5):
         send(dconn, "shop", posting("world", f"users:{i}", 100 + i), posting(f"users:{i}", "fees", 1))
-    result = materialize(instance, resources, pipeline.id)
+    result = materialize(instance, resources, pipeline.name)
     assert result.success
-    assert result.dagster_run.tags["dagster/partition"] == pipeline.id  # what the run queue limits per value
+    assert result.dagster_run.tags["dagster/partition"] == pipeline.name == "shop-duckdb"  # readable
     logs = metadata(result, "logs")
     assert (logs["logs_loaded"], logs["from_log_id"], logs["to_log_id"], logs["lag_after_run"]) == (5, 1, 5, 0)
     assert metadata(result, "postings")["rows_loaded"] == 10
@@ -58,7 +58,7 @@ def test_materialize_loads_rows_and_passes_checks_then_only_new_logs(instance, r
     assert checks == {"row_counts": True, "log_ids_contiguous": True, "last_log_hash": True,
                       "balances_match": True, "asset_sums_zero": True}
     send(dconn, "shop", posting("world", "users:9", 7))
-    second = materialize(instance, resources, pipeline.id)
+    second = materialize(instance, resources, pipeline.name)
     logs = metadata(second, "logs")
     assert (logs["logs_loaded"], logs["from_log_id"], logs["to_log_id"]) == (1, 6, 6)
     assert metadata(second, "postings")["rows_loaded"] == 1
@@ -69,10 +69,10 @@ def test_checks_fail_with_first_differences_when_the_warehouse_is_tampered(insta
                                                                           make_pipeline, tmp_path):
     pipeline = make_pipeline("tampered")
     send(dconn, "tampered", posting("world", "alice", 50))
-    assert materialize(instance, resources, pipeline.id).success
+    assert materialize(instance, resources, pipeline.name).success
     with duckdb.connect(str(tmp_path / "tampered.duckdb")) as wh:
         wh.execute("UPDATE ledger.balances SET balance = balance + 1, input = input + 1 WHERE account = 'alice'")
-    result = materialize(instance, resources, pipeline.id)
+    result = materialize(instance, resources, pipeline.name)
     failed = {c.check_name: c for c in result.get_asset_check_evaluations() if not c.passed}
     assert set(failed) == {"balances_match", "asset_sums_zero"}
     assert failed["balances_match"].severity == dg.AssetCheckSeverity.ERROR
@@ -93,9 +93,9 @@ def test_sensor_requests_runs_only_for_new_logs_and_registers_new_pipelines(inst
         return automation.new_logs_sensor(context)
 
     first = tick(None)
-    assert [r.partition_key for r in first.run_requests] == [realtime.id]  # hourly waits for its schedule
+    assert [r.partition_key for r in first.run_requests] == [realtime.name]  # hourly waits for its schedule
     [add] = first.dynamic_partitions_requests
-    assert sorted(add.partition_keys) == sorted([realtime.id, hourly.id])
+    assert sorted(add.partition_keys) == sorted([realtime.name, hourly.name])
     instance.add_dynamic_partitions(PIPELINES.name, list(add.partition_keys))
     # Nothing new: no run, same cursor.
     second = tick(first.cursor)
@@ -105,16 +105,16 @@ def test_sensor_requests_runs_only_for_new_logs_and_registers_new_pipelines(inst
     late = make_pipeline("late", "realtime")
     send(dconn, "late", posting("world", "c", 3))
     third = tick(second.cursor)
-    assert sorted(r.partition_key for r in third.run_requests) == sorted([realtime.id, late.id])
-    assert [list(r.partition_keys) for r in third.dynamic_partitions_requests] == [[late.id]]
-    assert json.loads(third.cursor)[realtime.id]["log"] == 2
+    assert sorted(r.partition_key for r in third.run_requests) == sorted([realtime.name, late.name])
+    assert [list(r.partition_keys) for r in third.dynamic_partitions_requests] == [[late.name]]
+    assert json.loads(third.cursor)["requested"][realtime.name]["log"] == 2
 
 
 def test_sensor_asks_again_for_a_failed_sync_without_a_new_write(instance, resources, dconn, make_pipeline):
     from ledger_pipelines.sync import sync_pipeline
 
     realtime = make_pipeline("rt2", "realtime")
-    instance.add_dynamic_partitions(PIPELINES.name, [realtime.id])
+    instance.add_dynamic_partitions(PIPELINES.name, [realtime.name])
     send(dconn, "rt2", posting("world", "a", 1))
 
     def tick(cursor):
@@ -126,18 +126,18 @@ def test_sensor_asks_again_for_a_failed_sync_without_a_new_write(instance, resou
             if point == "before_load":
                 raise RuntimeError("the warehouse restarted")
         with pytest.raises(RuntimeError):
-            sync_pipeline(dconn.info.dsn, realtime.id, environ={}, fault=boom)
+            sync_pipeline(dconn.info.dsn, realtime.name, environ={}, fault=boom)
 
     first = tick(None)
-    assert [r.run_key for r in first.run_requests] == [f"{realtime.id}:1:1"]
+    assert [r.run_key for r in first.run_requests] == [f"{realtime.name}:1:1"]
     assert tick(first.cursor).run_requests == []  # the run has not failed (yet): nothing to ask
     failed_run()
     second = tick(first.cursor)
-    assert [r.run_key for r in second.run_requests] == [f"{realtime.id}:1:2"]  # at once, same logs
+    assert [r.run_key for r in second.run_requests] == [f"{realtime.name}:1:2"]  # at once, same logs
     failed_run()
     assert tick(second.cursor).run_requests == []  # the second retry waits (backoff)
     assert automation.retry_backoff(2) == 30
-    sync_pipeline(dconn.info.dsn, realtime.id, environ={})
+    sync_pipeline(dconn.info.dsn, realtime.name, environ={})
     assert tick(second.cursor).run_requests == []  # healed: nothing due
 
 
@@ -145,14 +145,14 @@ def test_schedules_retry_a_failed_sync_at_the_next_tick(instance, resources, dco
     from ledger_pipelines.sync import sync_pipeline
 
     hourly = make_pipeline("h3", "hourly")
-    instance.add_dynamic_partitions(PIPELINES.name, [hourly.id])
+    instance.add_dynamic_partitions(PIPELINES.name, [hourly.name])
     send(dconn, "h3", posting("world", "a", 1))
     def down(point: str) -> None:
         if point == "before_load":
             raise RuntimeError("down")
 
     with pytest.raises(RuntimeError):
-        sync_pipeline(dconn.info.dsn, hourly.id, environ={}, fault=down)
+        sync_pipeline(dconn.info.dsn, hourly.name, environ={}, fault=down)
     keys = []
     for hour in (10, 11):
         context = dg.build_schedule_context(instance=instance, resources=resources,
@@ -167,11 +167,11 @@ def test_hourly_schedule_requests_hourly_pipelines_with_new_logs(instance, resou
     idle = make_pipeline("h2", "hourly")
     send(dconn, "h1", posting("world", "a", 1))
     send(dconn, "d1", posting("world", "a", 1))
-    instance.add_dynamic_partitions(PIPELINES.name, [hourly.id, idle.id])
+    instance.add_dynamic_partitions(PIPELINES.name, [hourly.name, idle.name])
     at = datetime(2026, 1, 1, 10, tzinfo=UTC)
     context = dg.build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=at)
     requests = automation.hourly_sync(context)
-    assert [r.partition_key for r in requests] == [hourly.id]
+    assert [r.partition_key for r in requests] == [hourly.name]
     daily = automation.daily_sync(dg.build_schedule_context(instance=instance, resources=resources,
                                                             scheduled_execution_time=at))
     assert isinstance(daily, dg.SkipReason)  # the daily pipeline is not a partition yet: the sensor adds it
@@ -195,7 +195,7 @@ def test_asset_checks_pass_against_clickhouse(instance, resources, dconn, tmp_pa
     from ledger_core.writer import write
 
     write(dconn, "chshop", [SetMetadata.build("ACCOUNT", "a", {"k": "v"}), RevertTransaction(1, force=True)])
-    result = materialize(instance, resources, pipeline.id)
+    result = materialize(instance, resources, pipeline.name)
     assert result.success
     assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == {
         "row_counts": True, "log_ids_contiguous": True, "last_log_hash": True, "balances_match": True,
@@ -211,3 +211,98 @@ def test_instance_config_admits_one_run_per_pipeline(tmp_path, monkeypatch):
         assert type(configured.run_coordinator).__name__ == "QueuedRunCoordinator"
         limits = configured.get_concurrency_config().run_queue_config.tag_concurrency_limits
     assert limits == [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+
+
+def _tick(instance, resources, cursor=None):
+    return automation.new_logs_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+
+def test_syncs_run_outside_dagster_show_in_dagster(instance, resources, dconn, make_pipeline, tmp_path):
+    """CLI and follow syncs are reported as runless events: the partition tells the truth whoever synced."""
+    from ledger_pipelines.sync import NO_RETRY, sync_pipeline
+
+    pipeline = make_pipeline("cli", "hourly")
+    send(dconn, "cli", posting("world", "a", 1))
+    sync_pipeline(dconn.info.dsn, pipeline.id, environ={}, trigger="cli")  # before Dagster ever saw it
+    first = _tick(instance, resources)
+    instance.add_dynamic_partitions(PIPELINES.name, list(first.dynamic_partitions_requests[0].partition_keys))
+    for event in first.asset_events:  # what the sensor daemon does with them
+        instance.report_runless_asset_event(event)
+    logs_key = dg.AssetKey(["warehouse", "logs"])
+    assert instance.get_materialized_partitions(logs_key) == {pipeline.name}  # not "Missing"
+    head = next(e for e in first.asset_events if e.asset_key == assets.LEDGER_LOG.key)
+    assert head.metadata["last_log_id/cli"].value == 1
+    health = next(e for e in first.asset_events if isinstance(e, dg.AssetObservation) and e.partition == pipeline.name)
+    assert (health.metadata["lag"].value, health.metadata["failing"].value) == (0, False)
+
+    send(dconn, "cli", posting("world", "a", 2))
+    sync_pipeline(dconn.info.dsn, pipeline.id, environ={}, trigger="follow")
+    (tmp_path / "cli.duckdb").unlink()
+    (tmp_path / "cli.duckdb").mkdir()  # the warehouse path is now a folder: the next sync fails for good
+    send(dconn, "cli", posting("world", "a", 3))
+    with pytest.raises(Exception):  # noqa: B017 - whatever DuckDB raises; recorded as a failed run
+        sync_pipeline(dconn.info.dsn, pipeline.id, environ={}, trigger="cli", retry=NO_RETRY)
+    second = _tick(instance, resources, first.cursor)
+    materialized = [e for e in second.asset_events if isinstance(e, dg.AssetMaterialization)]
+    assert {e.asset_key.path[-1] for e in materialized} == {"logs", "transactions", "postings", "moves", "accounts",
+                                                            "balances"}
+    assert {(e.partition, e.metadata["trigger"].value, e.metadata["to_log_id"].value) for e in materialized} == \
+        {(pipeline.name, "follow", 2)}
+    failure = next(e for e in second.asset_events if isinstance(e, dg.AssetObservation)
+                   and "sync_failed" in e.metadata)
+    assert failure.partition == pipeline.name and failure.metadata["trigger"].value == "cli"
+    assert failure.metadata["error_code"].value
+    health = [e for e in second.asset_events if isinstance(e, dg.AssetObservation) and "failing" in e.metadata]
+    assert [(e.metadata["lag"].value, e.metadata["failing"].value) for e in health] == [(1, True)]
+    assert _tick(instance, resources, second.cursor).asset_events == []  # nothing new: nothing reported
+
+
+def test_a_transient_failure_is_retried_by_dagster_and_a_terminal_one_is_not(instance, resources, dconn,
+                                                                             make_pipeline, tmp_path):
+    import subprocess
+    import sys
+
+    pipeline = make_pipeline("retry")
+    send(dconn, "retry", posting("world", "a", 1))
+    assert materialize(instance, resources, pipeline.name).success
+    send(dconn, "retry", posting("world", "a", 2))
+    holder = subprocess.Popen(  # an analyst holds the file for 4 s; the step's first attempt cannot open it
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+                               "print('open', flush=True); time.sleep(4)", str(tmp_path / "retry.duckdb")],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    try:
+        result = dg.materialize([warehouse_sync], partition_key=pipeline.name, instance=instance, resources=resources,
+                                run_config={"ops": {"warehouse_sync": {"config": {"retry_attempts": 1}}}},
+                                raise_on_error=False)
+    finally:
+        holder.wait(timeout=30)
+    assert result.success
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) >= 1 and metadata(result, "logs")["to_log_id"] == 2
+
+    (tmp_path / "retry.duckdb").unlink()
+    (tmp_path / "retry.duckdb").mkdir()  # terminal: a folder where the file should be
+    send(dconn, "retry", posting("world", "a", 3))
+    failed = dg.materialize([warehouse_sync], partition_key=pipeline.name, instance=instance, resources=resources,
+                            raise_on_error=False)
+    assert not failed.success
+    assert [e for e in failed.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"] == []
+    failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "LOAD_FAILED" in failure.event_specific_data.error.message or \
+        "LOAD_FAILED" in str(failure.event_specific_data.user_failure_data.description)
+
+
+def test_the_full_resync_job_replays_every_log(instance, resources, dconn, make_pipeline):
+    from dagster_project.definitions import defs
+
+    pipeline = make_pipeline("again")
+    for i in range(3):
+        send(dconn, "again", posting("world", "a", i + 1))
+    assert materialize(instance, resources, pipeline.name).success
+    result = defs.resolve_job_def("resync_pipeline").execute_in_process(
+        partition_key=pipeline.name, instance=instance, resources=resources)
+    assert result.success
+    logs = metadata(result, "logs")
+    assert (logs["from_log_id"], logs["to_log_id"], logs["logs_loaded"]) == (1, 3, 3)
+    assert all(c.passed for c in result.get_asset_check_evaluations())
