@@ -7,14 +7,18 @@ show lineage from the ledger's log.
 """
 
 
+import warnings
+from datetime import timedelta
+
 import dagster as dg
 from pydantic import Field
 
 from dagster_project.resources import ExporterSecrets, LedgerDatabase
 from ledger_pipelines import registry
 from ledger_pipelines.errors import PipelineBusy, PipelineError, TransientLoadError
-from ledger_pipelines.sync import RetryPolicy, sync_pipeline
+from ledger_pipelines.sync import RetryPolicy, sync_pipeline, verify_pipeline
 from ledger_pipelines.tables import DATA_TABLES
+from ledger_pipelines.verify import CheckResult
 
 # Partition keys are pipeline names (`shop-warehouse`): readable in the partition list, run tags and backfills.
 PIPELINES = dg.DynamicPartitionsDefinition(name="ledger_pipelines")
@@ -64,18 +68,37 @@ CHECK_ASSETS = {
     "last_log_hash": "logs",
     "balances_match": "balances",
     "asset_sums_zero": "balances",
+    "freshness": "logs",
 }
+
+# Dagster's freshness policy is per asset (any pipeline's sync refreshes a table); each pipeline's own freshness,
+# by its cadence, is the partitioned `freshness` check, which the sensor re-evaluates on every tick.
+TABLE_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=26), warn_window=timedelta(hours=2))
 
 WAREHOUSE_SPECS = [
     dg.AssetSpec(key=table_key(t.name), deps=[LEDGER_LOG.key], group_name="warehouse",
-                 description=TABLE_DESCRIPTIONS[t.name], kinds={"table"})
+                 description=TABLE_DESCRIPTIONS[t.name], kinds={"table"}, freshness_policy=TABLE_FRESHNESS)
     for t in DATA_TABLES
 ]
-CHECK_SPECS = [
-    dg.AssetCheckSpec(name=name, asset=table_key(table), blocking=False,
-                      description=f"Warehouse equals the ledger as of the cursor: {name.replace('_', ' ')}.")
-    for name, table in CHECK_ASSETS.items()
-]
+with warnings.catch_warnings():
+    # Partitioned checks are a preview in Dagster 1.13; they are what shows each check per pipeline.
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    CHECK_SPECS = [
+        dg.AssetCheckSpec(name=name, asset=table_key(table), blocking=False, partitions_def=PIPELINES,
+                          description="The pipeline keeps up with its cadence (no committed log waits too long)."
+                          if name == "freshness" else
+                          f"Warehouse equals the ledger as of the cursor: {name.replace('_', ' ')}.")
+        for name, table in CHECK_ASSETS.items()
+    ]
+
+
+def check_evaluation(check: CheckResult, partition: str, cursor: int) -> dict:
+    """The fields of a check's result in Dagster, the same from a sync, a check run or the sensor."""
+    return {"check_name": check.name, "asset_key": table_key(CHECK_ASSETS[check.name]), "passed": check.passed,
+            "severity": dg.AssetCheckSeverity.WARN if check.name == "freshness" else dg.AssetCheckSeverity.ERROR,
+            "description": check.description,
+            "metadata": {"pipeline": partition, "cursor": cursor, "details": dg.MetadataValue.json(check.details),
+                         "first_differences": dg.MetadataValue.json(check.first_differences)}}
 
 
 @dg.multi_asset(
@@ -83,7 +106,7 @@ CHECK_SPECS = [
     specs=WAREHOUSE_SPECS,
     check_specs=CHECK_SPECS,
     partitions_def=PIPELINES,
-    can_subset=False,
+    can_subset=True,
     retry_policy=SYNC_RETRY,
     description="Sync one pipeline's new logs into its warehouse, then prove the warehouse equals the ledger.",
 )
@@ -106,21 +129,22 @@ def warehouse_sync(context: dg.AssetExecutionContext, config: SyncConfig, ledger
         raise dg.Failure(description=f"{exc.error_code}: {exc}", allow_retries=False,
                          metadata={"pipeline": pipeline.name, "error_code": exc.error_code}) from exc
     context.log.info(f"pipeline {pipeline.name}: {report.logs} logs to log {report.to_log_id}, lag {report.lag}")
+    # One sync loads all six tables, whatever was selected: selected ones are this step's outputs, the others
+    # are recorded as materialized too (they were), so any selection of warehouse tables works and tells the truth.
+    selected, selected_checks = context.selected_asset_keys, context.selected_asset_check_keys
     for table in DATA_TABLES:
-        yield dg.MaterializeResult(
-            asset_key=table_key(table.name),
-            metadata=materialization_metadata(pipeline, exporter, report.to_json(), table.name, "dagster"),
-        )
+        metadata = materialization_metadata(pipeline, exporter, report.to_json(), table.name, "dagster")
+        if table_key(table.name) in selected:
+            yield dg.MaterializeResult(asset_key=table_key(table.name), metadata=metadata)
+        else:
+            context.log_event(dg.AssetMaterialization(asset_key=table_key(table.name), partition=pipeline.name,
+                                                      metadata=metadata))
     for check in report.checks:
-        yield dg.AssetCheckResult(
-            check_name=check.name,
-            asset_key=table_key(CHECK_ASSETS[check.name]),
-            passed=check.passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=check.description,
-            metadata={"cursor": report.to_log_id, "details": dg.MetadataValue.json(check.details),
-                      "first_differences": dg.MetadataValue.json(check.first_differences)},
-        )
+        fields = check_evaluation(check, pipeline.name, report.to_log_id)
+        if dg.AssetCheckKey(fields["asset_key"], check.name) in selected_checks:
+            yield dg.AssetCheckResult(**fields)
+        else:
+            context.log_event(dg.AssetCheckEvaluation(**fields, partition=pipeline.name))
 
 
 def materialization_metadata(pipeline: registry.Pipeline, exporter: registry.Exporter | None, sync: dict,
@@ -147,6 +171,30 @@ sync_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(warehouse_sync),
     description="Sync one pipeline (a partition). The instance limits runs to one per partition at a time.",
 )
+
+@dg.op(retry_policy=SYNC_RETRY, description="Prove one pipeline's warehouse equals the ledger at its cursor, "
+                                              "without syncing; and its freshness.")
+def recheck_warehouse(context: dg.OpExecutionContext, ledger_db: LedgerDatabase, exporter_secrets: ExporterSecrets):
+    with ledger_db.connect() as conn:
+        registry.migrate_pipelines(conn)
+        pipeline = registry.get_pipeline(conn, context.partition_key)
+        exporter = registry.get_exporter(conn, pipeline.exporter_id)
+    try:
+        checks = verify_pipeline(ledger_db.database_url(), pipeline.id,
+                                 environ=exporter_secrets.environ(exporter.secret_names()))
+    except (TransientLoadError, PipelineBusy):
+        raise
+    except PipelineError as exc:
+        raise dg.Failure(description=f"{exc.error_code}: {exc}", allow_retries=False) from exc
+    for check in checks:
+        context.log_event(dg.AssetCheckEvaluation(**check_evaluation(check, pipeline.name, pipeline.last_log_id),
+                                                  partition=pipeline.name))
+
+
+@dg.job(partitions_def=PIPELINES, description="Re-run one pipeline's checks (a partition) without a new sync.")
+def check_pipeline():
+    recheck_warehouse()
+
 
 resync_job = dg.define_asset_job(
     name="resync_pipeline",

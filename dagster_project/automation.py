@@ -12,10 +12,18 @@ import time
 
 import dagster as dg
 
-from dagster_project.assets import LEDGER_LOG, PIPELINES, materialization_metadata, sync_job, table_key
+from dagster_project.assets import (
+    LEDGER_LOG,
+    PIPELINES,
+    check_evaluation,
+    materialization_metadata,
+    sync_job,
+    table_key,
+)
 from dagster_project.resources import LedgerDatabase
 from ledger_pipelines import registry
 from ledger_pipelines.tables import DATA_TABLES
+from ledger_pipelines.verify import freshness
 
 
 def _pipelines(ledger_db: LedgerDatabase) -> list[registry.Pipeline]:
@@ -67,15 +75,17 @@ def daily_sync(context: dg.ScheduleEvaluationContext, ledger_db: LedgerDatabase)
 
 
 def _reported_events(pipelines: list[registry.Pipeline], runs: list[registry.SyncRun], state: dict,
-                     first_sight: set[str]) -> list[dg.AssetMaterialization | dg.AssetObservation]:
+                     first_sight: set[str]) -> list[dg.AssetMaterialization | dg.AssetObservation |
+                                                   dg.AssetCheckEvaluation]:
     """What the UI must learn on this tick, whoever synced:
 
     - the ledger's head (`ledger/log`, one observation when a ledger's last log id moved);
-    - each pipeline's health (an observation of its `warehouse/logs` partition when its lag or failure changed);
+    - each pipeline's health (an observation of its `warehouse/logs` partition when its lag or failure changed)
+      and its `freshness` check when it passes or fails anew;
     - every sync run outside Dagster (CLI, `sync --follow`): a runless materialization of the six tables, or, for
       a failure, an observation carrying the error, so the partition tells the truth whoever ran the sync.
     """
-    events: list[dg.AssetMaterialization | dg.AssetObservation] = []
+    events: list[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation] = []
     heads = {p.ledger: p.ledger_last_log_id for p in pipelines}
     if heads != state.get("heads"):
         events.append(dg.AssetObservation(asset_key=LEDGER_LOG.key, metadata={
@@ -84,12 +94,16 @@ def _reported_events(pipelines: list[registry.Pipeline], runs: list[registry.Syn
         state["heads"] = heads
     health = state.setdefault("health", {})
     for p in pipelines:
-        now = [p.last_log_id, p.lag, p.last_error_code]
+        now = [p.last_log_id, p.lag, p.last_error_code, p.fresh]
         if health.get(p.name) != now:
             events.append(dg.AssetObservation(asset_key=table_key("logs"), partition=p.name, metadata={
                 "pipeline": p.name, "ledger": p.ledger, "cursor": p.last_log_id, "ledger_head": p.ledger_last_log_id,
-                "lag": p.lag, "failing": p.failing, "last_error": p.last_error or "",
+                "lag": p.lag, "staleness_seconds": round(p.staleness, 1), "failing": p.failing,
+                "last_error": p.last_error or "",
                 "seconds_since_last_sync": p.seconds_since_sync if p.seconds_since_sync is not None else -1.0}))
+            if health.get(p.name, [None] * 4)[3] != p.fresh:  # the partitioned freshness check, when it flips
+                events.append(dg.AssetCheckEvaluation(**check_evaluation(freshness(p), p.name, p.last_log_id),
+                                                      partition=p.name))
             health[p.name] = now
     by_id = {p.id: p for p in pipelines}
     for run in runs:

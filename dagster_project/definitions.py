@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.assets import LEDGER_LOG, resync_job, sync_job, warehouse_sync
+from dagster_project.assets import LEDGER_LOG, check_pipeline, resync_job, sync_job, warehouse_sync
 from dagster_project.automation import daily_sync, hourly_sync, new_logs_sensor
 from dagster_project.resources import ExporterSecrets, ledger_database_from_environment
 
 defs = dg.Definitions(
     assets=[LEDGER_LOG, warehouse_sync],
-    jobs=[sync_job, resync_job],
+    jobs=[sync_job, resync_job, check_pipeline],
     schedules=[hourly_sync, daily_sync],
     sensors=[new_logs_sensor],
     resources={"ledger_db": ledger_database_from_environment(), "exporter_secrets": ExporterSecrets()},

@@ -104,6 +104,12 @@ class Cadence(StrEnum):
     DAILY = "daily"
     REALTIME = "realtime"
 
+    @property
+    def allowed_staleness(self) -> float:
+        """Seconds a committed log may wait before a pipeline of this cadence counts as behind: one period of
+        its schedule plus a margin for the sync itself (realtime: the sensor's ticks and a few retries)."""
+        return {Cadence.REALTIME: 300.0, Cadence.HOURLY: 2 * 3600.0, Cadence.DAILY: 26 * 3600.0}[self]
+
 
 @dataclass(frozen=True)
 class Exporter:
@@ -138,6 +144,7 @@ class Pipeline:
     last_error_at: datetime | None
     ledger_last_log_id: int
     seconds_since_sync: float | None  # since last_sync_at, by the database's clock, when read
+    staleness: float  # seconds since the oldest log not yet exported was committed (0: nothing waits)
 
     @property
     def lag(self) -> int:
@@ -158,7 +165,13 @@ class Pipeline:
             "secondsSinceLastSync": None if self.seconds_since_sync is None else round(self.seconds_since_sync, 1),
             "failing": self.failing, "lastError": self.last_error, "lastErrorCode": self.last_error_code,
             "lastErrorAt": format_timestamp(self.last_error_at) if self.last_error_at else None,
+            "stalenessSeconds": round(self.staleness, 1), "fresh": self.fresh,
         }
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing committed waits longer than the pipeline's cadence allows."""
+        return self.staleness <= self.cadence.allowed_staleness
 
 
 ID = re.compile(r"[0-9a-f]{12}")
@@ -271,7 +284,9 @@ def delete_exporter(conn: psycopg.Connection, exporter_ref: str) -> None:
 _PIPELINE_SELECT = """
     SELECT p.id, p.name, p.ledger, p.exporter_id, p.last_log_id, p.enabled, p.cadence, p.created_at, p.last_sync_at,
            p.last_error, p.last_error_code, p.last_error_at, l.last_log_id,
-           extract(epoch FROM clock_timestamp() - p.last_sync_at)::float8
+           extract(epoch FROM clock_timestamp() - p.last_sync_at)::float8,
+           coalesce(extract(epoch FROM clock_timestamp() - (
+               SELECT date FROM ledger_core.logs g WHERE g.ledger = p.ledger AND g.id = p.last_log_id + 1))::float8, 0)
     FROM ledger_pipelines.pipelines p JOIN ledger_core.ledgers l ON l.name = p.ledger"""
 
 

@@ -53,7 +53,7 @@ from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader, SyncState
 from ledger_pipelines.reader import LogReader
 from ledger_pipelines.transforms import transform
-from ledger_pipelines.verify import CheckResult, verify
+from ledger_pipelines.verify import CheckResult, freshness, verify
 
 DEFAULT_BATCH_SIZE = 20_000
 
@@ -143,7 +143,9 @@ def sync_pipeline(
                         report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at,
                                        started, reader, done)
                         if verify_after:
-                            report = replace(report, checks=verify(conn, loader, pipeline.ledger, report.to_log_id))
+                            checks = verify(conn, loader, pipeline.ledger, report.to_log_id)
+                            report = replace(report, checks=[*checks,
+                                                              freshness(registry.get_pipeline(conn, pipeline_id))])
                     break
                 except TransientLoadError:
                     if done.attempts >= retry.attempts:
@@ -267,6 +269,24 @@ def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader,
     registry.move_cursor(conn, pipeline.id, cursor, batch.last_log_id)
     done.loaded(batch.first_log_id, batch.last_log_id, batch.row_counts())
     return batch.last_log_id
+
+
+def verify_pipeline(database_url: str, pipeline_ref: str, *, environ: Mapping[str, str]) -> list[CheckResult]:
+    """Re-run the checks of a pipeline's warehouse at its cursor, without syncing (under its lock, so no sync
+    moves the cursor meanwhile), and its freshness."""
+    with connect(database_url) as conn:
+        registry.migrate_pipelines(conn)
+        pipeline = registry.get_pipeline(conn, pipeline_ref)
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(pipeline.id),)).fetchone()
+        if not got or not got[0]:
+            raise PipelineBusy(pipeline.id)
+        try:
+            pipeline = registry.get_pipeline(conn, pipeline.id)
+            exporter = registry.get_exporter(conn, pipeline.exporter_id)
+            with open_loader(exporter.driver, exporter.config, environ) as loader:
+                return [*verify(conn, loader, pipeline.ledger, pipeline.last_log_id), freshness(pipeline)]
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline.id),))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from ledger_pipelines.loaders.base import Loader
+from ledger_pipelines.registry import Pipeline
 from ledger_pipelines.tables import ACCOUNTS, BALANCES, LOGS, MOVES, POSTINGS, TRANSACTIONS
 
 MAX_DIFFS = 10
@@ -124,3 +125,15 @@ def verify(conn: psycopg.Connection, loader: Loader, ledger: str, cursor: int) -
     results.append(CheckResult("asset_sums_zero", not nonzero, "per asset, warehouse balances sum to 0",
                                {"assets": len(sums)}, nonzero[:MAX_DIFFS]))
     return results
+
+
+def freshness(pipeline: Pipeline) -> CheckResult:
+    """The pipeline keeps up with its cadence: no committed log has waited longer than the cadence allows."""
+    allowed = pipeline.cadence.allowed_staleness
+    details = {"cadence": str(pipeline.cadence), "staleness_seconds": round(pipeline.staleness, 1),
+               "allowed_seconds": allowed, "lag": pipeline.lag, "failing": pipeline.failing}
+    late = [] if pipeline.fresh else [{"oldest_waiting_log_id": pipeline.last_log_id + 1,
+                                      "waiting_seconds": round(pipeline.staleness, 1)}]
+    return CheckResult("freshness", pipeline.fresh,
+                       f"no committed log waits longer than a {pipeline.cadence} pipeline allows ({allowed:.0f} s)",
+                       details, late)

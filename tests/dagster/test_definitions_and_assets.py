@@ -56,7 +56,8 @@ def test_materialize_loads_rows_and_passes_checks_then_only_new_logs(instance, r
     assert metadata(result, "moves")["rows_loaded"] == 20
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks == {"row_counts": True, "log_ids_contiguous": True, "last_log_hash": True,
-                      "balances_match": True, "asset_sums_zero": True}
+                      "balances_match": True, "asset_sums_zero": True, "freshness": True}
+    assert {c.partition for c in result.get_asset_check_evaluations()} == {pipeline.name}  # per pipeline
     send(dconn, "shop", posting("world", "users:9", 7))
     second = materialize(instance, resources, pipeline.name)
     logs = metadata(second, "logs")
@@ -199,7 +200,7 @@ def test_asset_checks_pass_against_clickhouse(instance, resources, dconn, tmp_pa
     assert result.success
     assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == {
         "row_counts": True, "log_ids_contiguous": True, "last_log_hash": True, "balances_match": True,
-        "asset_sums_zero": True}
+        "asset_sums_zero": True, "freshness": True}
 
 
 def test_instance_config_admits_one_run_per_pipeline(tmp_path, monkeypatch):
@@ -306,3 +307,52 @@ def test_the_full_resync_job_replays_every_log(instance, resources, dconn, make_
     logs = metadata(result, "logs")
     assert (logs["from_log_id"], logs["to_log_id"], logs["logs_loaded"]) == (1, 3, 3)
     assert all(c.passed for c in result.get_asset_check_evaluations())
+
+
+def test_any_selection_of_warehouse_tables_materializes(instance, resources, dconn, make_pipeline):
+    pipeline = make_pipeline("subset")
+    send(dconn, "subset", posting("world", "a", 4))
+    instance.add_dynamic_partitions(PIPELINES.name, [pipeline.name])
+    result = dg.materialize([warehouse_sync], selection=[dg.AssetKey(["warehouse", "balances"])],
+                            partition_key=pipeline.name, instance=instance, resources=resources)
+    assert result.success
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert materialized == {"logs", "transactions", "postings", "moves", "accounts", "balances"}  # all were synced
+    assert instance.get_materialized_partitions(dg.AssetKey(["warehouse", "moves"])) == {pipeline.name}
+
+
+def test_checks_rerun_on_their_own_per_pipeline(instance, resources, dconn, make_pipeline, tmp_path):
+    from dagster_project.definitions import defs
+    from ledger_pipelines import registry
+
+    pipeline = make_pipeline("recheck")
+    send(dconn, "recheck", posting("world", "bob", 10))
+    assert materialize(instance, resources, pipeline.name).success
+    runs_before = len(registry.sync_history(dconn, pipeline.id))
+    with duckdb.connect(str(tmp_path / "recheck.duckdb")) as wh:
+        wh.execute("UPDATE ledger.balances SET balance = 11, input = 11 WHERE account = 'bob'")
+    result = defs.resolve_job_def("check_pipeline").execute_in_process(
+        partition_key=pipeline.name, instance=instance, resources=resources)
+    assert result.success
+    evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not evaluations["balances_match"].passed and evaluations["row_counts"].passed
+    assert evaluations["freshness"].passed and {c.partition for c in evaluations.values()} == {pipeline.name}
+    assert len(registry.sync_history(dconn, pipeline.id)) == runs_before  # no sync ran
+    key = dg.AssetCheckKey(dg.AssetKey(["warehouse", "balances"]), "balances_match")
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
+    assert latest.run_id == result.run_id  # the UI shows this run's result as the check's latest
+
+
+def test_a_pipeline_behind_its_cadence_fails_freshness(instance, resources, dconn, make_pipeline):
+    pipeline = make_pipeline("late", "realtime")
+    send(dconn, "late", posting("world", "a", 1))
+    first = _tick(instance, resources)
+    fresh = [e for e in first.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert [(e.check_name, e.passed, e.partition) for e in fresh] == [("freshness", True, pipeline.name)]
+    # The log has waited 10 minutes: more than a realtime pipeline allows (5).
+    dconn.execute("UPDATE ledger_core.logs SET date = date - interval '10 minutes' WHERE ledger = 'late'")
+    second = _tick(instance, resources, first.cursor)
+    [late] = [e for e in second.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert (late.check_name, late.passed, late.partition) == ("freshness", False, pipeline.name)
+    assert late.severity == dg.AssetCheckSeverity.WARN
+    assert late.metadata["details"].value["staleness_seconds"] >= 600

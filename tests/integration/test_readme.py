@@ -73,6 +73,6 @@ def test_the_demo_runs_and_its_checks_pass(fresh_db_url, tmp_path):
         result = subprocess.run([sys.executable, "-m", "dagster_project.demo"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.count(" passed") == 5 and "FAILED" not in result.stdout
+        assert result.stdout.count(" passed") == 6 and "FAILED" not in result.stdout
         if run == "second":
             assert "0 new writes" in result.stdout and "loaded 0 logs" in result.stdout
