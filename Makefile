@@ -26,7 +26,15 @@ $(DAGSTER_HOME_DIR)/dagster.yaml: dagster_project/dagster.yaml
 demo: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/python -m dagster_project.demo
 
-test: $(STAMP)
+# Debian's Chromium for the UI tests (tests/ui): installed once, by name, from the machine's package registry.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the UI tests (apt-get)"
+	@apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+		{ echo "cannot install chromium: run 'apt-get install chromium' as root, then make test again"; exit 1; }
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
@@ -34,8 +42,11 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[bench]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	$(BIN)/python bench/run_all.py
 
+# The Dagster UI and daemon, as the Dagster docs recommend (`dg dev`), in this project's venv; Ctrl-C or SIGTERM stops
+# it cleanly. DAGSTER_PORT to move it off 3000.
 dev: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml
-	DAGSTER_HOME=$(DAGSTER_HOME_DIR) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(BIN):$$PATH DAGSTER_HOME=$(DAGSTER_HOME_DIR) \
+		exec $(BIN)/dg dev -h 127.0.0.1 -p $${DAGSTER_PORT:-3000}
 
 # Stops the local PostgreSQL servers of this folder and deletes their data wherever it lives (it says where).
 clean:

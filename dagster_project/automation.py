@@ -15,7 +15,7 @@ import dagster as dg
 from dagster_project.assets import (
     LEDGER_LOG,
     PIPELINES,
-    check_evaluation,
+    check_pipeline,
     materialization_metadata,
     sync_job,
     table_key,
@@ -23,7 +23,6 @@ from dagster_project.assets import (
 from dagster_project.resources import LedgerDatabase
 from ledger_pipelines import registry
 from ledger_pipelines.tables import DATA_TABLES
-from ledger_pipelines.verify import freshness
 
 
 def _pipelines(ledger_db: LedgerDatabase) -> list[registry.Pipeline]:
@@ -74,18 +73,18 @@ def daily_sync(context: dg.ScheduleEvaluationContext, ledger_db: LedgerDatabase)
     return _scheduled_runs(context, ledger_db, registry.Cadence.DAILY)
 
 
-def _reported_events(pipelines: list[registry.Pipeline], runs: list[registry.SyncRun], state: dict,
-                     first_sight: set[str]) -> list[dg.AssetMaterialization | dg.AssetObservation |
-                                                   dg.AssetCheckEvaluation]:
+def _reported_events(pipelines: list[registry.Pipeline], exporters: list[registry.Exporter],
+                     runs: list[registry.SyncRun], state: dict,
+                     first_sight: set[str]) -> list[dg.AssetMaterialization | dg.AssetObservation]:
     """What the UI must learn on this tick, whoever synced:
 
     - the ledger's head (`ledger/log`, one observation when a ledger's last log id moved);
-    - each pipeline's health (an observation of its `warehouse/logs` partition when its lag or failure changed)
-      and its `freshness` check when it passes or fails anew;
+    - each pipeline's health (an observation of its `warehouse/logs` partition when its lag, freshness or
+      failure changed);
     - every sync run outside Dagster (CLI, `sync --follow`): a runless materialization of the six tables, or, for
       a failure, an observation carrying the error, so the partition tells the truth whoever ran the sync.
     """
-    events: list[dg.AssetMaterialization | dg.AssetObservation | dg.AssetCheckEvaluation] = []
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = []
     heads = {p.ledger: p.ledger_last_log_id for p in pipelines}
     if heads != state.get("heads"):
         events.append(dg.AssetObservation(asset_key=LEDGER_LOG.key, metadata={
@@ -98,14 +97,12 @@ def _reported_events(pipelines: list[registry.Pipeline], runs: list[registry.Syn
         if health.get(p.name) != now:
             events.append(dg.AssetObservation(asset_key=table_key("logs"), partition=p.name, metadata={
                 "pipeline": p.name, "ledger": p.ledger, "cursor": p.last_log_id, "ledger_head": p.ledger_last_log_id,
-                "lag": p.lag, "staleness_seconds": round(p.staleness, 1), "failing": p.failing,
+                "lag": p.lag, "staleness_seconds": round(p.staleness, 1), "fresh": p.fresh, "failing": p.failing,
                 "last_error": p.last_error or "",
                 "seconds_since_last_sync": p.seconds_since_sync if p.seconds_since_sync is not None else -1.0}))
-            if health.get(p.name, [None] * 4)[3] != p.fresh:  # the partitioned freshness check, when it flips
-                events.append(dg.AssetCheckEvaluation(**check_evaluation(freshness(p), p.name, p.last_log_id),
-                                                      partition=p.name))
             health[p.name] = now
     by_id = {p.id: p for p in pipelines}
+    exporter_by_id = {e.id: e for e in exporters}
     for run in runs:
         pipeline = by_id.get(run.pipeline_id)
         if pipeline is None or run.trigger == "dagster":
@@ -117,14 +114,33 @@ def _reported_events(pipelines: list[registry.Pipeline], runs: list[registry.Syn
         elif run.logs or run.pipeline_id in first_sight:
             sync = {**run.to_json(), "lag": pipeline.lag}
             events += [dg.AssetMaterialization(asset_key=table_key(t.name), partition=pipeline.name,
-                                               metadata={**materialization_metadata(pipeline, None, sync, t.name,
-                                                                                    run.trigger),
+                                               metadata={**materialization_metadata(
+                                                   pipeline, exporter_by_id.get(pipeline.exporter_id), sync, t.name,
+                                                   run.trigger),
                                                          "sync_run": run.id})
                        for t in DATA_TABLES]
     return events
 
 
-@dg.sensor(name="new_logs_sensor", job=sync_job, minimum_interval_seconds=10,
+def _freshness_runs(pipelines: list[registry.Pipeline], state: dict) -> list[dg.RunRequest]:
+    """A `check_pipeline` run for each pipeline whose freshness flipped (or that is stale when first seen).
+
+    Dagster keeps one runless check result per check and partition, so freshness is evaluated in a real run
+    (which re-checks the warehouse too) rather than reported by the sensor; flips are rare, so runs are too.
+    """
+    known = state.setdefault("fresh", {})
+    runs = []
+    for p in pipelines:
+        if known.get(p.name, True) != p.fresh:
+            flips = state.setdefault("flips", {}).get(p.name, 0) + 1
+            state["flips"][p.name] = flips
+            runs.append(dg.RunRequest(job_name=check_pipeline.name, partition_key=p.name,
+                                      run_key=f"{p.name}:freshness:{flips}", tags={"ledger/reason": "freshness"}))
+        known[p.name] = p.fresh
+    return runs
+
+
+@dg.sensor(name="new_logs_sensor", jobs=[sync_job, check_pipeline], minimum_interval_seconds=10,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDatabase) -> dg.SensorResult:
     """Keep the partitions in step with the pipelines, report what happened outside Dagster, and start syncs for
@@ -137,6 +153,7 @@ def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDataba
     with ledger_db.connect() as conn:
         registry.migrate_pipelines(conn)
         pipelines = registry.list_pipelines(conn)
+        exporters = registry.list_exporters(conn)
         newest = registry.last_sync_run_id(conn)
         # Runs since the last tick (none on the first: history is not replayed into the UI)...
         runs = [] if first_tick else registry.sync_runs_after(conn, last_run)
@@ -167,12 +184,16 @@ def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDataba
             continue
         if _in_flight(context.instance, p.name):
             continue
-        run_requests.append(dg.RunRequest(partition_key=p.name, run_key=f"{p.name}:{p.ledger_last_log_id}:{attempt}",
+        run_requests.append(dg.RunRequest(job_name=sync_job.name, partition_key=p.name,
+                                          run_key=f"{p.name}:{p.ledger_last_log_id}:{attempt}",
                                           tags={"ledger/attempt": str(attempt)}))
         requested[p.name] = {"log": p.ledger_last_log_id, "attempt": attempt, "at": now}
     state["requested"] = {name: last for name, last in requested.items() if name in current}
     state["health"] = {name: h for name, h in state.get("health", {}).items() if name in current}
-    events = _reported_events(pipelines, runs, state, first_sight={p.id for p in pipelines if p.name not in seen})
+    state["fresh"] = {name: f for name, f in state.get("fresh", {}).items() if name in current}
+    events = _reported_events(pipelines, exporters, runs, state,
+                              first_sight={p.id for p in pipelines if p.name not in seen})
+    run_requests += _freshness_runs([p for p in pipelines if p.name in known], state)
     state["seen"] = sorted(current)
     return dg.SensorResult(run_requests=run_requests, dynamic_partitions_requests=partition_requests,
                            asset_events=events, cursor=json.dumps(state, sort_keys=True))

@@ -284,6 +284,7 @@ def verify_pipeline(database_url: str, pipeline_ref: str, *, environ: Mapping[st
             pipeline = registry.get_pipeline(conn, pipeline.id)
             exporter = registry.get_exporter(conn, pipeline.exporter_id)
             with open_loader(exporter.driver, exporter.config, environ) as loader:
+                loader.setup()  # a warehouse never synced (or wiped) is checked as empty, not as an error
                 return [*verify(conn, loader, pipeline.ledger, pipeline.last_log_id), freshness(pipeline)]
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline.id),))

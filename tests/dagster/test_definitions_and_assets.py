@@ -344,15 +344,23 @@ def test_checks_rerun_on_their_own_per_pipeline(instance, resources, dconn, make
 
 
 def test_a_pipeline_behind_its_cadence_fails_freshness(instance, resources, dconn, make_pipeline):
+    from dagster_project.definitions import defs
+
     pipeline = make_pipeline("late", "realtime")
     send(dconn, "late", posting("world", "a", 1))
     first = _tick(instance, resources)
-    fresh = [e for e in first.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
-    assert [(e.check_name, e.passed, e.partition) for e in fresh] == [("freshness", True, pipeline.name)]
+    instance.add_dynamic_partitions(PIPELINES.name, [pipeline.name])
+    assert [r.job_name for r in first.run_requests] == ["sync_pipeline"]  # new logs; fresh so far: no check run
     # The log has waited 10 minutes: more than a realtime pipeline allows (5).
     dconn.execute("UPDATE ledger_core.logs SET date = date - interval '10 minutes' WHERE ledger = 'late'")
     second = _tick(instance, resources, first.cursor)
-    [late] = [e for e in second.asset_events if isinstance(e, dg.AssetCheckEvaluation)]
-    assert (late.check_name, late.passed, late.partition) == ("freshness", False, pipeline.name)
-    assert late.severity == dg.AssetCheckSeverity.WARN
+    [check_run] = [r for r in second.run_requests if r.job_name == "check_pipeline"]
+    assert check_run.partition_key == pipeline.name
+    health = next(e for e in second.asset_events if isinstance(e, dg.AssetObservation) and "fresh" in e.metadata)
+    assert health.metadata["fresh"].value is False and health.metadata["staleness_seconds"].value >= 600
+    result = defs.resolve_job_def("check_pipeline").execute_in_process(
+        partition_key=pipeline.name, instance=instance, resources=resources)
+    late = next(c for c in result.get_asset_check_evaluations() if c.check_name == "freshness")
+    assert (late.passed, late.partition, late.severity) == (False, pipeline.name, dg.AssetCheckSeverity.WARN)
     assert late.metadata["details"].value["staleness_seconds"] >= 600
+    assert [r for r in _tick(instance, resources, second.cursor).run_requests if r.job_name == "check_pipeline"] == []
