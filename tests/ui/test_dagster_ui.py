@@ -6,6 +6,7 @@ from the CLI and reported by the sensor, both behind the ledger by a few logs. S
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import dagster as dg
@@ -60,10 +61,8 @@ def _open(page, url: str, *, first: bool = False) -> None:
     if first:  # Dagster's community prompt shows once per browser profile, a moment after the page loads
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-        try:
+        with contextlib.suppress(PlaywrightTimeout):
             page.get_by_role("button", name="Skip").click(timeout=15_000)
-        except PlaywrightTimeout:
-            pass
     page.wait_for_timeout(1000)
 
 
