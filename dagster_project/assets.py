@@ -8,6 +8,8 @@ show lineage from the ledger's log.
 
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import dagster as dg
@@ -27,6 +29,19 @@ PIPELINES = dg.DynamicPartitionsDefinition(name="ledger_pipelines")
 # restarting, another sync of the pipeline running); a terminal failure (a value that does not fit, a broken
 # chain, a missing secret) fails at once, with its code and what to do in the failure's description.
 SYNC_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+
+@contextmanager
+def failures_as_dagster_sees_them(pipeline: str) -> Iterator[None]:
+    """A failure that may pass goes up as is (the step's retry policy runs it again); a terminal one becomes a
+    Failure that is not retried, with its code and what to do in its description."""
+    try:
+        yield
+    except (TransientLoadError, PipelineBusy):
+        raise
+    except PipelineError as exc:
+        raise dg.Failure(description=f"{exc.error_code}: {exc}", allow_retries=False,
+                         metadata={"pipeline": pipeline, "error_code": exc.error_code}) from exc
 
 
 class SyncConfig(dg.Config):
@@ -120,14 +135,9 @@ def warehouse_sync(context: dg.AssetExecutionContext, config: SyncConfig, ledger
         if config.reset_to_log_id is not None:
             registry.reset_pipeline(conn, pipeline.id, config.reset_to_log_id)
             context.log.info(f"pipeline {pipeline.name}: cursor reset to log {config.reset_to_log_id}")
-    try:
+    with failures_as_dagster_sees_them(pipeline.name):
         report = sync_pipeline(url, pipeline.id, environ=exporter_secrets.environ(exporter.secret_names()),
                                verify_after=True, trigger="dagster", retry=RetryPolicy(attempts=config.retry_attempts))
-    except (TransientLoadError, PipelineBusy):
-        raise  # may pass: Dagster's retry policy runs the step again
-    except PipelineError as exc:
-        raise dg.Failure(description=f"{exc.error_code}: {exc}", allow_retries=False,
-                         metadata={"pipeline": pipeline.name, "error_code": exc.error_code}) from exc
     context.log.info(f"pipeline {pipeline.name}: {report.logs} logs to log {report.to_log_id}, lag {report.lag}")
     # One sync loads all six tables, whatever was selected: selected ones are this step's outputs, the others
     # are recorded as materialized too (they were), so any selection of warehouse tables works and tells the truth.
@@ -179,13 +189,9 @@ def recheck_warehouse(context: dg.OpExecutionContext, ledger_db: LedgerDatabase,
         registry.migrate_pipelines(conn)
         pipeline = registry.get_pipeline(conn, context.partition_key)
         exporter = registry.get_exporter(conn, pipeline.exporter_id)
-    try:
+    with failures_as_dagster_sees_them(pipeline.name):
         checks = verify_pipeline(ledger_db.database_url(), pipeline.id,
                                  environ=exporter_secrets.environ(exporter.secret_names()))
-    except (TransientLoadError, PipelineBusy):
-        raise
-    except PipelineError as exc:
-        raise dg.Failure(description=f"{exc.error_code}: {exc}", allow_retries=False) from exc
     for check in checks:
         context.log_event(dg.AssetCheckEvaluation(**check_evaluation(check, pipeline.name, pipeline.last_log_id),
                                                   partition=pipeline.name))

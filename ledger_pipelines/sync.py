@@ -26,8 +26,8 @@ from __future__ import annotations
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -107,6 +107,18 @@ def _lock_key(pipeline_id: str) -> int:
     return zlib.crc32(f"ledger-pipeline:{pipeline_id}".encode())
 
 
+@contextmanager
+def _pipeline_lock(conn: psycopg.Connection, pipeline_id: str) -> Iterator[None]:
+    """The pipeline's session advisory lock: one sync (or check) of a pipeline at a time, across processes."""
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(pipeline_id),)).fetchone()
+    if not got or not got[0]:
+        raise PipelineBusy(pipeline_id)
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline_id),))
+
+
 def sync_pipeline(
     database_url: str, pipeline_id: str, *, environ: Mapping[str, str], batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Progress | None = None, fault: FaultHook | None = None, verify_after: bool = False,
@@ -125,49 +137,46 @@ def sync_pipeline(
     with connect(database_url) as conn:
         registry.migrate_pipelines(conn)
         pipeline_id = registry.get_pipeline(conn, pipeline_id).id  # a name resolves to the id: one lock each
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(pipeline_id),)).fetchone()
-        if not got or not got[0]:
-            raise PipelineBusy(pipeline_id)
-        done = _Progress()
-        try:
-            pipeline = registry.get_pipeline(conn, pipeline_id)
-            if not pipeline.enabled:
-                raise PipelineStopped(pipeline_id)
-            exporter = registry.get_exporter(conn, pipeline.exporter_id)
-            done.start = pipeline.last_log_id
-            while True:
-                done.attempts += 1
-                try:
-                    with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
-                        loader.setup()
-                        report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at,
-                                       started, reader, done)
-                        if verify_after:
-                            checks = verify(conn, loader, pipeline.ledger, report.to_log_id)
-                            report = replace(report, checks=[*checks,
-                                                              freshness(registry.get_pipeline(conn, pipeline_id))])
-                    break
-                except TransientLoadError:
-                    if done.attempts >= retry.attempts:
-                        raise
-                    sleep(retry.delay(done.attempts))
-                    pipeline = registry.get_pipeline(conn, pipeline_id)
-            report = replace(report, attempts=done.attempts, note=done.note)
-            registry.record_sync(conn, pipeline_id, trigger=trigger, started_at=started_at,
-                                 from_log_id=report.from_log_id, to_log_id=report.to_log_id, logs=report.logs,
-                                 rows=report.rows, attempts=done.attempts, note=report.note)
-            return report
-        except (PipelineStopped, PipelineBusy):
-            raise  # not a sync attempt: nothing to record
-        except Exception as exc:  # recorded whatever it is, so `pipelines get` and the history show it
-            registry.record_sync(conn, pipeline_id, trigger=trigger, started_at=started_at, from_log_id=done.first,
-                                 to_log_id=registry.get_pipeline(conn, pipeline_id).last_log_id, logs=done.logs,
-                                 rows=dict(done.rows), attempts=max(done.attempts, 1), note=done.note,
-                                 error_code=getattr(exc, "error_code", None) or "INTERNAL",
-                                 error=f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline_id),))
+        with _pipeline_lock(conn, pipeline_id):
+            done = _Progress()
+            try:
+                pipeline = registry.get_pipeline(conn, pipeline_id)
+                if not pipeline.enabled:
+                    raise PipelineStopped(pipeline_id)
+                exporter = registry.get_exporter(conn, pipeline.exporter_id)
+                done.start = pipeline.last_log_id
+                while True:
+                    done.attempts += 1
+                    try:
+                        with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
+                            loader.setup()
+                            report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at,
+                                           started, reader, done)
+                            if verify_after:
+                                checks = verify(conn, loader, pipeline.ledger, report.to_log_id)
+                                report = replace(report, checks=[*checks,
+                                                                  freshness(registry.get_pipeline(conn, pipeline_id))])
+                        break
+                    except TransientLoadError:
+                        if done.attempts >= retry.attempts:
+                            raise
+                        sleep(retry.delay(done.attempts))
+                        pipeline = registry.get_pipeline(conn, pipeline_id)
+                report = replace(report, attempts=done.attempts, note=done.note)
+                registry.record_sync(conn, pipeline_id, trigger=trigger, started_at=started_at,
+                                     from_log_id=report.from_log_id, to_log_id=report.to_log_id, logs=report.logs,
+                                     rows=report.rows, attempts=done.attempts, note=report.note)
+                return report
+            except (PipelineStopped, PipelineBusy):
+                raise  # not a sync attempt: nothing to record
+            except Exception as exc:  # recorded whatever it is, so `pipelines get` and the history show it
+                registry.record_sync(conn, pipeline_id, trigger=trigger, started_at=started_at, from_log_id=done.first,
+                                     to_log_id=registry.get_pipeline(conn, pipeline_id).last_log_id, logs=done.logs,
+                                     rows=dict(done.rows), attempts=max(done.attempts, 1), note=done.note,
+                                     error_code=getattr(exc, "error_code", None) or "INTERNAL",
+                                     error=f"{type(exc).__name__}: {exc}")
+                raise
+
 
 
 @dataclass
@@ -277,17 +286,12 @@ def verify_pipeline(database_url: str, pipeline_ref: str, *, environ: Mapping[st
     with connect(database_url) as conn:
         registry.migrate_pipelines(conn)
         pipeline = registry.get_pipeline(conn, pipeline_ref)
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(pipeline.id),)).fetchone()
-        if not got or not got[0]:
-            raise PipelineBusy(pipeline.id)
-        try:
+        with _pipeline_lock(conn, pipeline.id):
             pipeline = registry.get_pipeline(conn, pipeline.id)
             exporter = registry.get_exporter(conn, pipeline.exporter_id)
             with open_loader(exporter.driver, exporter.config, environ) as loader:
                 loader.setup()  # a warehouse never synced (or wiped) is checked as empty, not as an error
                 return [*verify(conn, loader, pipeline.ledger, pipeline.last_log_id), freshness(pipeline)]
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(pipeline.id),))
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,28 @@ def test_a_lock_that_outlasts_the_retries_heals_at_the_next_sync(conn, ledger, d
     healed = registry.get_pipeline(conn, pipeline.id)
     assert not healed.failing and healed.lag == 0
     assert [r.outcome for r in registry.sync_history(conn, pipeline.id)] == ["succeeded", "failed", "succeeded"]
+
+
+def test_names_identify_exporters_and_pipelines(conn, ledger, tmp_path):
+    from ledger_core.errors import ValidationError
+    from ledger_pipelines.errors import NameTaken, PipelineAlreadyExists
+
+    registry.migrate_pipelines(conn)
+    first = registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "a.duckdb")}, name=f"wh-{ledger}")
+    second = registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "b.duckdb")})
+    assert second.name.startswith("duckdb")  # named after its driver, suffixed when taken
+    with pytest.raises(NameTaken):
+        registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "c.duckdb")}, name=f"wh-{ledger}")
+    for bad in ("0123456789ab", "has space", "-dash", "x" * 128, "new\n"):
+        with pytest.raises(ValidationError):
+            registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "d.duckdb")}, name=bad)
+    pipeline = registry.create_pipeline(conn, ledger, first.name)  # an exporter by name
+    assert pipeline.name == f"{ledger}-wh-{ledger}" and pipeline.exporter_id == first.id
+    assert registry.get_pipeline(conn, pipeline.name) == registry.get_pipeline(conn, pipeline.id)
+    with pytest.raises(PipelineAlreadyExists, match=pipeline.name):
+        registry.create_pipeline(conn, ledger, first.id)
+    send(conn, ledger, posting("world", "a", 1))
+    assert sync_pipeline(conn.info.dsn, pipeline.name, environ={}).to_log_id == 1  # a pipeline by name
+    assert registry.sync_history(conn, pipeline.name)[0].pipeline_id == pipeline.id
+    registry.delete_pipeline(conn, pipeline.name)
+    registry.delete_exporter(conn, first.name)
