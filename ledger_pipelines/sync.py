@@ -326,29 +326,40 @@ def sync_all(database_url: str, *, environ: Mapping[str, str], batch_size: int =
     return reports, failures
 
 
+def follow_backoff(failures_in_a_row: int, idle_timeout: float) -> float:
+    """Seconds `follow` waits before trying a failing pipeline again: idle_timeout, doubling, at most 15 min."""
+    return float(min(idle_timeout * 2 ** (failures_in_a_row - 1), 900.0))
+
+
 def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mapping[str, str],
            on_report: Callable[[SyncReport], None], on_failure: Callable[[SyncFailure], None] = lambda f: None,
            should_stop: Callable[[], bool] = lambda: False, idle_timeout: float = 30.0,
            batch_size: int = DEFAULT_BATCH_SIZE, retry: RetryPolicy = DEFAULT_RETRY) -> None:
     """Keep pipelines synced: wake on each commit's NOTIFY, and every `idle_timeout` seconds as a safety net.
 
-    A failing pipeline is reported and tried again at the next wake-up (a commit or the idle timeout), so a
-    transient failure heals without a new write; it never stops the others.
+    A failing pipeline is reported and tried again at a later wake-up without waiting for a new write: after
+    `idle_timeout`, then twice as long each time it fails again, up to 15 minutes (so a failure that needs a
+    person does not fill the history); it never stops the others.
     """
+    failures: dict[str, tuple[int, float]] = {}  # pipeline id -> (failures in a row, not before this monotonic time)
     with connect(database_url) as listener, LogReader(database_url) as reader:
         listener.execute(f"LISTEN {LOGS_CHANNEL}")
         while not should_stop():
             with connect(database_url, migrate=False) as conn:
                 due = [p for p in registry.list_pipelines(conn)
-                       if p.enabled and (p.lag > 0 or p.failing) and (pipeline_ids is None or p.id in pipeline_ids)]
+                       if p.enabled and (p.lag > 0 or p.failing) and (pipeline_ids is None or p.id in pipeline_ids)
+                       and time.monotonic() >= failures.get(p.id, (0, 0.0))[1]]
             moved = False
             for pipeline in due:
                 try:
                     report = sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size,
                                            reader=reader, trigger="follow", retry=retry)
                 except PipelineError as exc:
+                    in_a_row = failures.get(pipeline.id, (0, 0.0))[0] + 1
+                    failures[pipeline.id] = (in_a_row, time.monotonic() + follow_backoff(in_a_row, idle_timeout))
                     on_failure(SyncFailure(pipeline.id, exc.error_code, f"{type(exc).__name__}: {exc}"))
                     continue
+                failures.pop(pipeline.id, None)
                 moved = moved or report.logs > 0
                 on_report(report)
             if moved:

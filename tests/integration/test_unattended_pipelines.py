@@ -128,3 +128,32 @@ def test_names_identify_exporters_and_pipelines(conn, ledger, tmp_path):
     assert registry.sync_history(conn, pipeline.name)[0].pipeline_id == pipeline.id
     registry.delete_pipeline(conn, pipeline.name)
     registry.delete_exporter(conn, first.name)
+
+
+def test_follow_backs_off_a_failing_pipeline_and_heals_without_a_new_write(conn, ledger, duckdb_pipeline):
+    import threading
+
+    from ledger_pipelines.sync import follow, follow_backoff
+
+    assert [follow_backoff(n, 30) for n in (1, 2, 3, 10)] == [30, 60, 120, 900]
+    pipeline, path = duckdb_pipeline
+    send(conn, ledger, posting("world", "a", 1))
+    path.mkdir()  # a folder where the warehouse file should be: fails until someone removes it
+    failures, reports = [], []
+    stop = threading.Event()
+    follower = threading.Thread(target=follow, args=(conn.info.dsn, [pipeline.id]), kwargs={
+        "environ": {}, "on_report": reports.append, "on_failure": failures.append, "should_stop": stop.is_set,
+        "idle_timeout": 0.25, "retry": RetryPolicy(attempts=1)})
+    follower.start()
+    try:
+        time.sleep(2.2)  # backoff 0.25, 0.5, 1 s: about 4 attempts, not 9
+        assert 3 <= len(failures) <= 5 and all(f.error_code == "LOAD_FAILED" for f in failures)
+        path.rmdir()  # fixed; no new write follows
+        deadline = time.monotonic() + 15
+        while not reports and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        follower.join(timeout=30)
+    assert reports and reports[0].to_log_id == 1
+    assert registry.get_pipeline(conn, pipeline.id).failing is False
