@@ -24,10 +24,11 @@ from ledger_pipelines import registry
 LEDGER = "demo-marketplace"
 
 ANALYST_QUERIES = {
-    "Top balances (sellers and platform), per asset": """
-        SELECT account, asset, balance FROM ledger.balances
+    "Top 4 balances (sellers and platform) in each asset": """
+        SELECT asset, account, balance FROM ledger.balances
         WHERE ledger = $ledger AND account NOT LIKE 'orders:%' AND account <> 'world'
-        ORDER BY asset, balance DESC LIMIT 8""",
+        QUALIFY row_number() OVER (PARTITION BY asset ORDER BY balance DESC, account) <= 4
+        ORDER BY asset, balance DESC, account""",
     "Daily pay-in volume per asset (effective date, refunds netted out)": """
         SELECT CAST(p.timestamp AS DATE) AS day, p.asset, count(*) AS payins,
                sum(p.amount) - coalesce(sum(p.amount) FILTER (WHERE t.reverted_at IS NOT NULL), 0) AS net_amount

@@ -74,5 +74,7 @@ def test_the_demo_runs_and_its_checks_pass(fresh_db_url, tmp_path):
                                 capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.count(" passed") == 6 and "FAILED" not in result.stdout
+        top = result.stdout.split("-- Top 4 balances")[1].split("\n\n")[0]
+        assert {"EUR/2", "USD/2"} <= {line.split(" | ")[0].strip() for line in top.splitlines()[2:]}  # every asset
         if run == "second":
             assert "0 new writes" in result.stdout and "loaded 0 logs" in result.stdout
