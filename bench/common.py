@@ -12,9 +12,18 @@ from typing import Any
 
 from ledger_core.db import connect, ensure_database
 from ledger_core.localpg import ensure_server
+from ledger_core.migrations import migrate_all
+from ledger_pipelines import registry  # noqa: F401 - registers the pipelines' migrations
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+
+
+def migrated(url: str) -> str:
+    """`url`, its schema brought up to date (benchmarks migrate explicitly, as `ledgerctl db migrate` does)."""
+    with connect(url, check_schema=False) as conn:
+        migrate_all(conn)
+    return url
 
 
 def bench_database_url() -> str:
@@ -24,9 +33,7 @@ def bench_database_url() -> str:
         return url
     server = ensure_server(ROOT / ".ledger" / "bench-pg", durable=True)
     ensure_database(server.url(), "ledger_bench")
-    url = server.url("ledger_bench")
-    connect(url).close()  # migrate
-    return url
+    return migrated(server.url("ledger_bench"))
 
 
 def machine() -> dict[str, Any]:
@@ -41,7 +48,7 @@ def machine() -> dict[str, Any]:
 
 
 def server_settings(url: str) -> dict[str, str]:
-    with connect(url, migrate=False) as conn:
+    with connect(url) as conn:
         return {name: conn.execute(f"SHOW {name}").fetchone()[0]
                 for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")}
 

@@ -44,7 +44,7 @@ def _transaction(writer: int, i: int) -> NewTransaction:
 def _writer(url: str, ledger: str, writer: int, count: int, bulk: int, start: object, out: object) -> None:
     commands = [_transaction(writer, i) for i in range(count)]
     latencies = []
-    with connect(url, migrate=False) as conn:
+    with connect(url) as conn:
         start.wait()  # type: ignore[attr-defined]
         for i in range(0, count, bulk):
             began = time.perf_counter()
@@ -55,7 +55,7 @@ def _writer(url: str, ledger: str, writer: int, count: int, bulk: int, start: ob
 
 def run_case(url: str, writers: int, bulk: int = 1) -> dict:
     ledger = f"bench-concurrent-{writers}-{bulk}-{uuid.uuid4().hex[:6]}"
-    with connect(url, migrate=False) as conn:
+    with connect(url) as conn:
         create_ledger(conn, ledger)
         write(conn, ledger, [NewTransaction.from_json({"postings": [
             {"source": "world", "destination": f"users:{n}", "amount": 1, "asset": "USD/2"}]})
@@ -76,7 +76,7 @@ def run_case(url: str, writers: int, bulk: int = 1) -> dict:
     for p in processes:
         p.join()
     time.sleep(1.1)
-    with connect(url, migrate=False) as conn:
+    with connect(url) as conn:
         deadlocks = _deadlocks(conn) - deadlocks_before
     latencies.sort()
     return {"writers": writers, "bulk": bulk, "transactions": each * writers, "seconds": elapsed,

@@ -70,7 +70,7 @@ def measure(url: str, command: list[str], label: str, workdir: Path) -> list[flo
     reader.start()
     time.sleep(2)  # let the syncer start and LISTEN
     committed: dict[int, float] = {}
-    with connect(url, migrate=False) as conn:
+    with connect(url) as conn:
         deadline = time.monotonic() + SECONDS
         next_at = time.monotonic()
         i = 0

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import adbc_driver_postgresql.dbapi as adbc
 import duckdb
 
-from bench.common import bench_database_url, print_table, save
+from bench.common import bench_database_url, migrated, print_table, save
 from ledger_core.db import connect, ensure_database
 from ledger_core.ledgers import create_ledger
 from ledger_core.requests import NewTransaction, RevertTransaction, SetMetadata
@@ -152,15 +152,14 @@ def isolated(function, *args, state: dict) -> dict:
 def main() -> None:
     base = bench_database_url()
     admin = base.rsplit("/", 1)[0] + "/postgres"
-    with connect(admin, migrate=False) as conn:
+    with connect(admin, check_schema=False) as conn:
         conn.execute("DROP DATABASE IF EXISTS ledger_bench_sync WITH (FORCE)")
     ensure_database(admin, "ledger_bench_sync")
-    url = base.rsplit("/", 1)[0] + "/ledger_bench_sync"
+    url = migrated(base.rsplit("/", 1)[0] + "/ledger_bench_sync")
     workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     rng = random.Random(7)
     try:
         with connect(url) as conn:
-            registry.migrate_pipelines(conn)
             create_ledger(conn, LEDGER)
             started = time.perf_counter()
             fill(conn, 0, TRANSACTIONS, rng)
@@ -176,7 +175,7 @@ def main() -> None:
         for name, (function, *args) in ways.items():
             full[name] = isolated(function, *args, state=states[name])
             print(f"  full  {name}: {full[name]}", flush=True)
-        with connect(url, migrate=False) as conn:
+        with connect(url) as conn:
             fill(conn, TRANSACTIONS, TRANSACTIONS // 10, rng)
             rows_incremental = source_rows(conn) - rows_full
         incremental = {}
@@ -184,7 +183,7 @@ def main() -> None:
             incremental[name] = isolated(function, *args, state=states[name])
             print(f"  incr  {name}: {incremental[name]}", flush=True)
         # Every contender must hold every log, or its time means nothing.
-        with connect(url, migrate=False) as conn:
+        with connect(url) as conn:
             expected = conn.execute("SELECT count(*) FROM ledger_core.logs").fetchone()[0]
         for name, path, table in (("ours", "ours.duckdb", "ledger.logs"),
                                   ("dlt (pyarrow)", "dlt.duckdb", "ledger.logs"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_database_url, print_table, save, server_settings
+from bench.common import bench_database_url, migrated, print_table, save, server_settings
 from bench.sync import LEDGER, TRANSACTIONS, fill
 from ledger_core import reads
 from ledger_core.audit import verify_deep
@@ -24,7 +24,7 @@ from ledger_core.ledgers import create_ledger
 def main() -> None:
     base = bench_database_url().rsplit("/", 1)[0]
     ensure_database(base + "/postgres", "ledger_bench_verify")
-    url = base + "/ledger_bench_verify"
+    url = migrated(base + "/ledger_bench_verify")
     with connect(url) as conn:
         count = conn.execute("SELECT count(*) FROM ledger_core.logs WHERE ledger = %s", (LEDGER,)).fetchone()[0]
         if count == 0:  # built once, reused by later runs

@@ -129,7 +129,7 @@ def warehouse_sync(context: dg.AssetExecutionContext, config: SyncConfig, ledger
                    exporter_secrets: ExporterSecrets):
     url = ledger_db.database_url()
     with ledger_db.connect() as conn:
-        registry.migrate_pipelines(conn)
+        registry.require_schema(conn)
         pipeline = registry.get_pipeline(conn, context.partition_key)
         exporter = registry.get_exporter(conn, pipeline.exporter_id)
         if config.reset_to_log_id is not None:
@@ -186,7 +186,7 @@ sync_job = dg.define_asset_job(
                                               "without syncing; and its freshness.")
 def recheck_warehouse(context: dg.OpExecutionContext, ledger_db: LedgerDatabase, exporter_secrets: ExporterSecrets):
     with ledger_db.connect() as conn:
-        registry.migrate_pipelines(conn)
+        registry.require_schema(conn)
         pipeline = registry.get_pipeline(conn, context.partition_key)
         exporter = registry.get_exporter(conn, pipeline.exporter_id)
     with failures_as_dagster_sees_them(pipeline.name):

@@ -27,7 +27,7 @@ from ledger_pipelines.tables import DATA_TABLES
 
 def _pipelines(ledger_db: LedgerDatabase) -> list[registry.Pipeline]:
     with ledger_db.connect() as conn:
-        registry.migrate_pipelines(conn)
+        registry.require_schema(conn)
         return registry.list_pipelines(conn)
 
 
@@ -151,7 +151,7 @@ def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDataba
     requested: dict[str, dict] = state.setdefault("requested", {})
     first_tick, last_run, seen = "last_run" not in state, state.get("last_run", 0), set(state.get("seen", []))
     with ledger_db.connect() as conn:
-        registry.migrate_pipelines(conn)
+        registry.require_schema(conn)
         pipelines = registry.list_pipelines(conn)
         exporters = registry.list_exporters(conn)
         newest = registry.last_sync_run_id(conn)

@@ -17,7 +17,7 @@ import duckdb
 from dagster_project.assets import PIPELINES
 from dagster_project.definitions import defs
 from dagster_project.resources import ledger_database_from_environment
-from ledger_core import reads
+from ledger_core import migrations, reads
 from ledger_core.demo_activity import seed_marketplace
 from ledger_pipelines import registry
 
@@ -46,7 +46,6 @@ ANALYST_QUERIES = {
 
 
 def _pipeline(conn, warehouse: Path) -> registry.Pipeline:
-    registry.migrate_pipelines(conn)
     exporter = next((e for e in registry.list_exporters(conn)
                      if e.driver == "duckdb" and e.config.get("path") == str(warehouse)), None)
     if exporter is None:
@@ -59,8 +58,9 @@ def main() -> int:
     started = time.perf_counter()
     ledger_db = ledger_database_from_environment()
     warehouse = (Path(os.environ.get("LEDGER_HOME", ".")) / ".ledger" / "warehouse.duckdb").resolve()
-    with ledger_db.connect() as conn:
+    with ledger_db.connect(check_schema=False) as conn:
         print(f"ledger database: {ledger_db.database_url()}")
+        migrations.migrate_all(conn)  # the demo brings its database up to date, as `ledgerctl db migrate` does
         new = seed_marketplace(conn, LEDGER)
         chain = reads.verify_chain(conn, LEDGER)
         print(f"ledger '{LEDGER}': {new} new writes ({chain.logs} logs in all), hash chain verified")

@@ -21,8 +21,8 @@ class LedgerDatabase(dg.ConfigurableResource):
         url = self.url.get_value() if isinstance(self.url, dg.EnvVar) else self.url
         return url or local_database_url(Path(self.home))
 
-    def connect(self) -> psycopg.Connection:
-        return connect(self.database_url())
+    def connect(self, *, check_schema: bool = True) -> psycopg.Connection:
+        return connect(self.database_url(), check_schema=check_schema)
 
 
 class ExporterSecrets(dg.ConfigurableResource):

@@ -22,7 +22,7 @@ from typing import Any
 import click
 import psycopg
 
-from ledger_core import localpg, reads
+from ledger_core import localpg, migrations, reads
 from ledger_core.audit import verify_deep
 from ledger_core.db import connect, local_data_dir, local_database_url
 from ledger_core.errors import LedgerError, ValidationError
@@ -119,6 +119,10 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except LedgerError as exc:
             raise CliError(type(exc).error_code, str(exc)) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise CliError("PERMISSION_DENIED", f"the database role may not do this ({first}); use a role with "
+                                                "the privileges it needs") from None
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CliError("DATABASE", f"cannot reach the ledger database: {first}") from None
@@ -433,6 +437,16 @@ def db() -> None:
 def db_url() -> None:
     """Print the database URL in use (starting the local server if needed)."""
     emit({"url": database_url()})
+
+
+@db.command("migrate")
+@handles_errors
+def db_migrate() -> None:
+    """Bring the database's schema up to date (the ledger's and, when installed, the pipelines'): once per
+    upgrade, with a role that may create tables. Commands never migrate on their own; they say when to run this."""
+    with connect(database_url(), check_schema=False) as conn:
+        applied = migrations.migrate_all(conn)
+        emit({"applied": applied, "versions": migrations.versions(conn)})
 
 
 @db.command("status")

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 
 from ledger_core.localpg import LocalServer, ensure_server
-from ledger_core.migrations import migrate_core
+from ledger_core.migrations import migrate_all, require
 
 LOCAL_DATABASE = "ledger"
 
@@ -28,7 +28,10 @@ def local_database_url(workdir: Path, *, pg_bin: str | None = None,
     if server.started and on_start:
         on_start(server)
     ensure_database(server.url(), LOCAL_DATABASE)
-    return server.url(LOCAL_DATABASE)
+    url = server.url(LOCAL_DATABASE)
+    with connect(url, check_schema=False) as conn:  # the project's own server keeps itself up to date
+        migrate_all(conn)
+    return url
 
 
 def ensure_database(admin_url: str, name: str) -> None:
@@ -38,10 +41,15 @@ def ensure_database(admin_url: str, name: str) -> None:
             admin.execute(f'CREATE DATABASE "{name}"')
 
 
-def connect(url: str, *, migrate: bool = True) -> psycopg.Connection:
-    """An autocommit connection (the write path opens its own transactions), with the schema up to date."""
+def connect(url: str, *, check_schema: bool = True) -> psycopg.Connection:
+    """An autocommit connection (the write path opens its own transactions), whose core schema is checked to be
+    the one this code expects (SchemaOutOfDate says what to run otherwise); migrating is `migrate_all`'s job."""
     conn = psycopg.connect(url, autocommit=True)
     conn.execute("SET TIME ZONE 'UTC'")
-    if migrate:
-        migrate_core(conn)
+    if check_schema:
+        try:
+            require(conn, "core")
+        except BaseException:
+            conn.close()
+            raise
     return conn

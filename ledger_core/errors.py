@@ -156,6 +156,21 @@ class LedgerInconsistent(LedgerError):
         self.columns = columns
 
 
+class SchemaOutOfDate(LedgerError):
+    """The database's schema is not the version this code expects: say what to run."""
+
+    error_code = "SCHEMA_OUT_OF_DATE"
+
+    def __init__(self, component: str, have: int, need: int):
+        advice = ("run `ledgerctl db migrate` (it needs a role with CREATE privilege)" if have < need else
+                  "this ledgerctl is older than the database: upgrade it")
+        super().__init__(f"the ledger database's {component} schema is at version {have}, this code expects {need}; "
+                         f"{advice}")
+        self.component = component
+        self.have = have
+        self.need = need
+
+
 class LocalServerError(LedgerError):
     """The local PostgreSQL server could not be found, initialised or started."""
 

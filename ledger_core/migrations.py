@@ -4,13 +4,22 @@ Each component (the ledger core, the pipelines registry) owns an ordered list of
 applied once, inside one transaction together with its row in `ledger_core.schema_migrations`, under an
 advisory lock so two processes starting at once do not race. Steps are append-only: a released step is
 never edited, a change is a new step, so an existing database upgrades in place.
+
+Migrating is explicit (`ledgerctl db migrate`; the project's local server migrates itself): it takes a global
+lock and needs CREATE privilege, which an application's role, a read-only analyst or a sensor tick should not
+need. Every connection instead checks, with one cheap query (once per process and database), that the schema is
+the one this code expects, and says what to run when it is not. Components register here (`register`); the
+pipelines register theirs when imported, so the core never imports them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import psycopg
+
+from ledger_core.errors import SchemaOutOfDate
 
 _LOCK_KEY = 7_245_113_001  # arbitrary, constant: the advisory lock that serialises migrations
 
@@ -165,3 +174,50 @@ def migrate(conn: psycopg.Connection, component: str, steps: Sequence[str], sche
 
 def migrate_core(conn: psycopg.Connection) -> int:
     return migrate(conn, "core", CORE_MIGRATIONS, "ledger_core")
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    steps: Sequence[str]
+    schema: str
+
+
+COMPONENTS: dict[str, Component] = {"core": Component("core", CORE_MIGRATIONS, "ledger_core")}
+
+
+def register(name: str, steps: Sequence[str], schema: str) -> None:
+    """Add a component whose schema `migrate_all` applies and `require` checks (the pipelines call this)."""
+    COMPONENTS[name] = Component(name, steps, schema)
+
+
+def migrate_all(conn: psycopg.Connection) -> dict[str, int]:
+    """Apply every registered component's missing steps; how many each applied."""
+    applied = {name: migrate(conn, name, c.steps, c.schema) for name, c in COMPONENTS.items()}
+    _checked.clear()
+    return applied
+
+
+def versions(conn: psycopg.Connection) -> dict[str, int]:
+    """The version each component's schema has in this database (0: never migrated)."""
+    if conn.execute("SELECT to_regclass('ledger_core.schema_migrations')").fetchone() == (None,):
+        return {}
+    rows = conn.execute("SELECT component, max(version) FROM ledger_core.schema_migrations GROUP BY component")
+    return {name: int(version) for name, version in rows.fetchall()}
+
+
+_checked: set[tuple[str, str]] = set()  # (database, component) found up to date by this process
+
+
+def require(conn: psycopg.Connection, *components: str) -> None:
+    """Raise SchemaOutOfDate unless each component's schema is the one this code expects (cheap; cached)."""
+    where = conn.info.dsn
+    wanted = [c for c in (components or ("core",)) if (where, c) not in _checked]
+    if not wanted:
+        return
+    found = versions(conn)
+    for name in wanted:
+        have, need = found.get(name, 0), len(COMPONENTS[name].steps)
+        if have != need:
+            raise SchemaOutOfDate(name, have, need)
+        _checked.add((where, name))

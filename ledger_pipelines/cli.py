@@ -47,7 +47,11 @@ def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: 
 
     def db() -> psycopg.Connection:
         conn = open_db()
-        registry.migrate_pipelines(conn)
+        try:
+            registry.require_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @cli.group()

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ledger_core import migrations
 from ledger_core.errors import LedgerNotFound, ValidationError
-from ledger_core.migrations import migrate
 from ledger_core.validation import format_timestamp, ledger_name
 from ledger_pipelines.errors import (
     CursorMoved,
@@ -95,8 +95,17 @@ PIPELINE_MIGRATIONS = (
 )
 
 
+migrations.register("pipelines", PIPELINE_MIGRATIONS, "ledger_pipelines")
+
+
 def migrate_pipelines(conn: psycopg.Connection) -> int:
-    return migrate(conn, "pipelines", PIPELINE_MIGRATIONS, "ledger_pipelines")
+    """Apply the pipelines' missing migration steps (what `ledgerctl db migrate` does, with the core's)."""
+    return migrations.migrate(conn, "pipelines", PIPELINE_MIGRATIONS, "ledger_pipelines")
+
+
+def require_schema(conn: psycopg.Connection) -> None:
+    """The pipelines' schema is the one this code expects (cheap, cached); else SchemaOutOfDate says what to run."""
+    migrations.require(conn, "core", "pipelines")
 
 
 class Cadence(StrEnum):

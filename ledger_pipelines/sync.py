@@ -135,7 +135,7 @@ def sync_pipeline(
     fail_at: FaultHook = fault or (lambda point: None)
     started, started_at = time.perf_counter(), datetime.now(UTC)
     with connect(database_url) as conn:
-        registry.migrate_pipelines(conn)
+        registry.require_schema(conn)
         pipeline_id = registry.get_pipeline(conn, pipeline_id).id  # a name resolves to the id: one lock each
         with _pipeline_lock(conn, pipeline_id):
             done = _Progress()
@@ -284,7 +284,7 @@ def verify_pipeline(database_url: str, pipeline_ref: str, *, environ: Mapping[st
     """Re-run the checks of a pipeline's warehouse at its cursor, without syncing (under its lock, so no sync
     moves the cursor meanwhile), and its freshness."""
     with connect(database_url) as conn:
-        registry.migrate_pipelines(conn)
+        registry.require_schema(conn)
         pipeline = registry.get_pipeline(conn, pipeline_ref)
         with _pipeline_lock(conn, pipeline.id):
             pipeline = registry.get_pipeline(conn, pipeline.id)
@@ -313,7 +313,7 @@ def sync_all(database_url: str, *, environ: Mapping[str, str], batch_size: int =
     proves its warehouse holds what the cursor says (and replays it if it does not).
     """
     with connect(database_url) as conn:
-        registry.migrate_pipelines(conn)
+        registry.require_schema(conn)
         pipelines = [p for p in registry.list_pipelines(conn) if p.enabled]
     reports: list[SyncReport] = []
     failures: list[SyncFailure] = []
@@ -345,7 +345,7 @@ def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mappin
     with connect(database_url) as listener, LogReader(database_url) as reader:
         listener.execute(f"LISTEN {LOGS_CHANNEL}")
         while not should_stop():
-            with connect(database_url, migrate=False) as conn:
+            with connect(database_url) as conn:
                 due = [p for p in registry.list_pipelines(conn)
                        if p.enabled and (p.lag > 0 or p.failing) and (pipeline_ids is None or p.id in pipeline_ids)
                        and time.monotonic() >= failures.get(p.id, (0, 0.0))[1]]

@@ -15,6 +15,8 @@ import pytest
 from ledger_core.db import connect, ensure_database
 from ledger_core.ledgers import create_ledger
 from ledger_core.localpg import ensure_server, stop_server
+from ledger_core.migrations import migrate_all
+from ledger_pipelines import registry  # noqa: F401 - registers the pipelines' migrations
 
 
 @pytest.fixture(scope="session")
@@ -35,13 +37,14 @@ def pg_admin_url() -> Iterator[str]:
 def database_url(pg_admin_url: str) -> str:
     ensure_database(pg_admin_url, "ledger_test")
     url = pg_admin_url.rsplit("/", 1)[0] + "/ledger_test"
-    connect(url).close()  # migrate once
+    with connect(url, check_schema=False) as conn:
+        migrate_all(conn)  # once, explicitly, as `ledgerctl db migrate` does
     return url
 
 
 @pytest.fixture
 def conn(database_url: str) -> Iterator[psycopg.Connection]:
-    connection = connect(database_url, migrate=False)
+    connection = connect(database_url)
     try:
         yield connection
     finally:
@@ -59,11 +62,9 @@ def ledger(conn: psycopg.Connection) -> str:
 @pytest.fixture
 def fresh_db_url(pg_admin_url: str) -> str:
     """A database of its own, migrated, for tests that act on every pipeline of a database."""
-    from ledger_pipelines.registry import migrate_pipelines
-
     name = "fresh_" + uuid.uuid4().hex[:8]
     ensure_database(pg_admin_url, name)
     url = pg_admin_url.rsplit("/", 1)[0] + "/" + name
-    with connect(url) as conn:
-        migrate_pipelines(conn)
+    with connect(url, check_schema=False) as conn:
+        migrate_all(conn)
     return url

@@ -175,7 +175,7 @@ def test_value_beyond_destination_limit_stops_right_before_its_log(conn, ledger,
 
 def _writer_process(database_url: str, ledger: str, bulks: int, seed: int) -> None:
     """A separate application committing `bulks` small bulks, a few milliseconds apart."""
-    with connect(database_url, migrate=False) as own:
+    with connect(database_url) as own:
         for i in range(seed, seed + bulks):
             write(own, ledger, [new_tx(posting("world", f"w:{i % 3}", 1)) for _ in range(3)])
             time.sleep(0.005)

@@ -18,7 +18,7 @@ def dagster_db_url(fresh_db_url):
 
 @pytest.fixture
 def dconn(dagster_db_url):
-    with connect(dagster_db_url, migrate=False) as conn:
+    with connect(dagster_db_url) as conn:
         yield conn
 
 

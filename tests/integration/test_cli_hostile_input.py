@@ -166,7 +166,7 @@ def _snapshot(conn) -> tuple:
 
 @pytest.fixture
 def world(fresh_db_url, tmp_path):
-    with connect(fresh_db_url, migrate=False) as conn:
+    with connect(fresh_db_url) as conn:
         create_ledger(conn, "shop")
         send(conn, "shop", {"source": "world", "destination": "users:1", "amount": 5, "asset": "USD/2"})
         exporter = registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "w.duckdb")})
@@ -184,7 +184,7 @@ def test_hostile_input_is_one_error_line_and_changes_nothing(fresh_db_url, world
         path.write_bytes(file_bytes)
     for name, value in {**world, "file": str(path)}.items():
         args = [a.replace("{" + name + "}", value) for a in args]
-    with connect(fresh_db_url, migrate=False) as conn:
+    with connect(fresh_db_url) as conn:
         before = _snapshot(conn)
         result = CliRunner().invoke(cli, args, input=stdin, env={"LEDGER_DATABASE_URL": fresh_db_url})
         after = _snapshot(conn)

@@ -25,7 +25,7 @@ WRITES_EACH = 25
 
 
 def _writer(url: str, ledger: str, writer: int, new_accounts: bool) -> None:
-    with connect(url, migrate=False) as conn:
+    with connect(url) as conn:
         for i in range(WRITES_EACH):
             account = f"new:{writer}:{i}" if new_accounts and i % 2 == 0 else f"old:{(writer + i) % 4}"
             write(conn, ledger, [new_tx(posting("world", account, 100), posting(account, "hot", 1),
@@ -40,7 +40,7 @@ def _deadlocks(conn) -> int:
 
 @pytest.mark.parametrize("new_accounts", [True, False], ids=["new-accounts", "existing-accounts"])
 def test_writer_processes_never_deadlock(fresh_db_url, new_accounts):
-    with connect(fresh_db_url, migrate=False) as conn:
+    with connect(fresh_db_url) as conn:
         ledger = "concurrent"
         create_ledger(conn, ledger)
         # Existing accounts exist before the writers start; new ones are created by the writers themselves.

@@ -96,7 +96,7 @@ def test_concurrent_writers_and_a_reader_by_cursor(database_url, conn, ledger):
     def writer(seed: int) -> None:
         rng = random.Random(seed)
         try:
-            with connect(database_url, migrate=False) as own:
+            with connect(database_url) as own:
                 for _ in range(per_writer):
                     src, dst = rng.sample(accounts, 2)
                     batch = [new_tx(posting(src, dst, rng.randint(1, 60), rng.choice(["USD/2", "EUR/2"])),
@@ -113,7 +113,7 @@ def test_concurrent_writers_and_a_reader_by_cursor(database_url, conn, ledger):
     def reader() -> None:
         cursor = 0
         try:
-            with connect(database_url, migrate=False) as own:
+            with connect(database_url) as own:
                 while True:
                     finished = done.is_set()
                     ids = [r[0] for r in own.execute(

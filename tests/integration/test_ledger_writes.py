@@ -99,7 +99,7 @@ def test_concurrent_same_idempotency_key_writes_once(database_url, conn, ledger)
     results, errors = [], []
 
     def worker():
-        with connect(database_url, migrate=False) as own:
+        with connect(database_url) as own:
             try:
                 results.append(send(own, ledger, posting("world", "a", 9), idempotency_key="same"))
             except Exception as exc:

@@ -69,3 +69,57 @@ def test_a_chain_of_version_1_logs_continues_in_version_2(conn, ledger, tmp_path
     for in_database in (True, False):
         with pytest.raises(ChainBroken, match="log 4"):
             reads.verify_chain(conn, ledger, in_database=in_database)
+
+
+def _ledgerctl(url: str, *args: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ledger_core.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "LEDGER_DATABASE_URL": url}, stdin=subprocess.DEVNULL, timeout=120)
+
+
+def test_commands_never_migrate_and_say_what_to_run(pg_admin_url):
+    import uuid
+
+    name = "unmigrated_" + uuid.uuid4().hex[:8]
+    ensure_database(pg_admin_url, name)
+    url = pg_admin_url.rsplit("/", 1)[0] + "/" + name
+    refused = _ledgerctl(url, "ledgers", "list")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: SCHEMA_OUT_OF_DATE: the ledger database's core schema is at version 0,")
+    assert "run `ledgerctl db migrate`" in refused.stderr
+    with psycopg.connect(url, autocommit=True) as conn:  # nothing was created by the refused command
+        assert conn.execute("SELECT to_regnamespace('ledger_core')").fetchone() == (None,)
+    migrated = _ledgerctl(url, "db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert json.loads(migrated.stdout)["versions"] == {"core": len(CORE_MIGRATIONS), "pipelines": 3}
+    assert json.loads(_ledgerctl(url, "db", "migrate").stdout)["applied"] == {"core": 0, "pipelines": 0}
+    assert _ledgerctl(url, "ledgers", "list").stdout.strip() == "[]"
+    with psycopg.connect(url, autocommit=True) as conn:  # a database migrated by a newer release
+        conn.execute("INSERT INTO ledger_core.schema_migrations (component, version) VALUES ('core', 99)")
+    newer = _ledgerctl(url, "ledgers", "list")
+    assert newer.returncode == 1 and "this ledgerctl is older than the database: upgrade it" in newer.stderr
+
+
+def test_a_read_only_role_reads_without_create_privilege(database_url, conn, ledger):
+    import uuid
+
+    from tests.helpers import posting, send
+
+    send(conn, ledger, posting("world", "users:1", 7))
+    role = "reader_" + uuid.uuid4().hex[:8]
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    conn.execute(f"GRANT USAGE ON SCHEMA ledger_core, ledger_pipelines TO {role}")
+    conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA ledger_core, ledger_pipelines TO {role}")
+    conn.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
+    url = database_url.replace("postgres@", f"{role}@")
+    for args in (("ledgers", "list"), ("balances", ledger), ("logs", "verify", ledger), ("pipelines", "list")):
+        result = _ledgerctl(url, *args)
+        assert result.returncode == 0, (args, result.stderr)
+    assert json.loads(_ledgerctl(url, "balances", ledger).stdout)["totals"] == {"USD/2": 0}
+    refused = _ledgerctl(url, "tx", "create", ledger, "--json",
+                         '{"postings": [{"source": "world", "destination": "a", "amount": 1, "asset": "USD"}]}')
+    assert refused.returncode == 1  # it may read, not write: one clear line
+    assert refused.stderr.startswith("error: PERMISSION_DENIED: the database role may not do this")
