@@ -16,6 +16,8 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +128,29 @@ def handles_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CliError("DATABASE", f"cannot reach the ledger database: {first}") from None
-        except _pipeline_errors() as exc:
-            raise CliError(getattr(exc, "error_code", "PIPELINE"), str(exc)) from None
+        except tuple(PLUGIN_ERRORS) as exc:
+            raise CliError(getattr(exc, "error_code", "ERROR"), str(exc)) from None
 
     return wrapper
 
 
-def _pipeline_errors() -> tuple[type[Exception], ...]:
-    try:
-        from ledger_pipelines.errors import PipelineError
-    except ImportError:  # the pipelines extra is not installed
-        return ()
-    return (PipelineError,)
+@dataclass(frozen=True)
+class CommandContext:
+    """What a command plugin gets from `ledgerctl`: the root group, and how its commands reach the database,
+    print results and turn its own errors (subclasses of `error_root`, which carry an `error_code`) into lines."""
+
+    cli: click.Group
+    open_db: Callable[[], psycopg.Connection]
+    database_url: Callable[[], str]
+    emit: Callable[[Any], None]
+    handles_errors: Callable[[Callable[..., Any]], Callable[..., Any]]
+
+    def errors(self, error_root: type[Exception]) -> None:
+        PLUGIN_ERRORS.append(error_root)
+
+
+PLUGIN_ERRORS: list[type[Exception]] = []
+COMMAND_PLUGINS = "ledgerctl.commands"  # entry-point group: installed packages that add commands (the pipelines)
 
 
 def open_db() -> psycopg.Connection:
@@ -484,15 +497,18 @@ def db_remove(yes: bool) -> None:
     emit({"removed": where})
 
 
-def _register_pipeline_commands() -> None:
-    try:
-        from ledger_pipelines.cli import register
-    except ImportError:  # the pipelines extra is not installed: the ledger alone still works
-        return
-    register(cli, open_db, emit, handles_errors)
+def _load_command_plugins() -> None:
+    """Commands of installed plugins (entry points); the ledger alone works without any."""
+    context = CommandContext(cli, open_db, database_url, emit, handles_errors)
+    for entry_point in entry_points(group=COMMAND_PLUGINS):
+        try:
+            register = entry_point.load()
+        except ImportError:  # its optional dependencies (an extra) are not installed
+            continue
+        register(context)
 
 
-_register_pipeline_commands()
+_load_command_plugins()
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`ledgerctl exporters …`, `ledgerctl pipelines …` and `ledgerctl sync`, added to the ledger's CLI."""
+"""`ledgerctl exporters …`, `ledgerctl pipelines …` and `ledgerctl sync`, added to the ledger's CLI as a plugin."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -41,9 +40,12 @@ class ProgressBar:
         sys.stderr.flush()
 
 
-def register(cli: click.Group, open_db: Callable[[], psycopg.Connection], emit: Callable[[Any], None],
-             handles_errors: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    from ledger_core.cli import database_url
+def register(context: Any) -> None:
+    """Add the pipelines' commands to `ledgerctl` (its `ledgerctl.commands` entry point; `context` is the core
+    CLI's CommandContext, so this package never imports the core's CLI)."""
+    cli, open_db, emit = context.cli, context.open_db, context.emit
+    handles_errors, database_url = context.handles_errors, context.database_url
+    context.errors(PipelineError)
 
     def db() -> psycopg.Connection:
         conn = open_db()
