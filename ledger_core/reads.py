@@ -312,13 +312,6 @@ def iter_stored_logs(conn: psycopg.Connection, ledger: str, *, after: int = 0, b
         after = rows[-1][0]
 
 
-def log_link(conn: psycopg.Connection, ledger: str, log_id: int) -> tuple[bytes, int] | None:
-    """The stored hash and hash version of one log: where a check of the following logs starts."""
-    row = conn.execute("SELECT hash, hash_version FROM ledger_core.logs WHERE ledger = %s AND id = %s",
-                       (ledger, log_id)).fetchone()
-    return (bytes(row[0]), int(row[1])) if row else None
-
-
 def verify_chain(conn: psycopg.Connection, ledger: str, *, in_database: bool = True) -> ChainReport:
     """Check every link of the chain; raise ChainBroken at the first log that does not match.
 

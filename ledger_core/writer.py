@@ -38,6 +38,7 @@ from ledger_core.errors import (
     TransactionNotFound,
     VolumesOutOfRange,
 )
+from ledger_core.export import LOGS_CHANNEL
 from ledger_core.models import (
     Log,
     LogType,
@@ -61,7 +62,6 @@ from ledger_core.requests import (
 from ledger_core.validation import MAX_AMOUNT, MONEY_DIGITS, WORLD, format_timestamp, ledger_name
 
 REVERTS_METADATA_KEY = "com.formance.spec/state/reverts"
-LOGS_CHANNEL = "ledger_core_logs"  # NOTIFY channel: payload "<ledger>:<last log id>"
 MAX_ATTEMPTS = 20
 
 

@@ -12,11 +12,8 @@ import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger_core.export import LOG_BATCH_QUERY
 from ledger_pipelines.errors import LogGap
-
-LOG_QUERY = """
-    SELECT id, type, date, idempotency_key, encode(hash, 'hex') AS hash, data::text AS data, hash_version
-    FROM ledger_core.logs WHERE ledger = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4"""
 
 
 class LogReader:
@@ -26,7 +23,7 @@ class LogReader:
     def read(self, ledger: str, *, after: int, up_to: int, limit: int) -> pa.Table:
         """At most `limit` logs with `after < id <= up_to`, checked to be contiguous from `after + 1`."""
         with self._conn.cursor() as cursor:
-            cursor.execute(LOG_QUERY, (ledger, after, up_to, limit))
+            cursor.execute(LOG_BATCH_QUERY, (ledger, after, up_to, limit))
             table = cursor.fetch_arrow_table()
         self._conn.commit()  # end the read transaction ADBC opened; nothing is held between batches
         if table.num_rows:

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ledger_core import migrations
+from ledger_core import export, migrations
 from ledger_core.errors import LedgerNotFound, ValidationError
 from ledger_core.validation import format_timestamp, ledger_name
 from ledger_pipelines.errors import (
@@ -292,17 +292,22 @@ def delete_exporter(conn: psycopg.Connection, exporter_ref: str) -> None:
 
 _PIPELINE_SELECT = """
     SELECT p.id, p.name, p.ledger, p.exporter_id, p.last_log_id, p.enabled, p.cadence, p.created_at, p.last_sync_at,
-           p.last_error, p.last_error_code, p.last_error_at, l.last_log_id,
-           extract(epoch FROM clock_timestamp() - p.last_sync_at)::float8,
-           coalesce(extract(epoch FROM clock_timestamp() - (
-               SELECT date FROM ledger_core.logs g WHERE g.ledger = p.ledger AND g.id = p.last_log_id + 1))::float8, 0)
-    FROM ledger_pipelines.pipelines p JOIN ledger_core.ledgers l ON l.name = p.ledger"""
+           p.last_error, p.last_error_code, p.last_error_at, clock_timestamp()
+    FROM ledger_pipelines.pipelines p"""
 
 
-def _pipeline(row: Any) -> Pipeline:
-    values = list(row)
-    values[6] = Cadence(values[6])
-    return Pipeline(*values)
+def _pipelines(conn: psycopg.Connection, rows: list[Any]) -> list[Pipeline]:
+    """Pipelines from their rows, with each ledger's head and how long its oldest unexported log has waited."""
+    ahead = export.progress(conn, [(row[2], row[4]) for row in rows])
+    pipelines = []
+    for row in rows:
+        *values, now = row
+        values[6] = Cadence(values[6])
+        progress = ahead.get((row[2], row[4]), export.Progress(0, None))
+        since_sync = (now - values[8]).total_seconds() if values[8] else None
+        waited = (now - progress.oldest_waiting_at).total_seconds() if progress.oldest_waiting_at else 0.0
+        pipelines.append(Pipeline(*values, progress.head, since_sync, max(waited, 0.0)))
+    return pipelines
 
 
 def create_pipeline(conn: psycopg.Connection, ledger: str, exporter_ref: str,
@@ -313,7 +318,7 @@ def create_pipeline(conn: psycopg.Connection, ledger: str, exporter_ref: str,
     if name is not None:
         check_name(name, "pipeline")
     with conn.transaction():
-        if conn.execute("SELECT 1 FROM ledger_core.ledgers WHERE name = %s", (ledger,)).fetchone() is None:
+        if not export.ledger_exists(conn, ledger):
             raise LedgerNotFound(ledger)
         exporter = get_exporter(conn, exporter_ref)
         existing = conn.execute(
@@ -350,7 +355,7 @@ def get_pipeline(conn: psycopg.Connection, pipeline_ref: str) -> Pipeline:
     row = conn.execute(_PIPELINE_SELECT + f" WHERE p.{lookup[0]} = %s", (lookup[1],)).fetchone()
     if row is None:
         raise PipelineNotFound(pipeline_ref)
-    return _pipeline(row)
+    return _pipelines(conn, [row])[0]
 
 
 def list_pipelines(conn: psycopg.Connection, *, ledger: str | None = None) -> list[Pipeline]:
@@ -358,7 +363,7 @@ def list_pipelines(conn: psycopg.Connection, *, ledger: str | None = None) -> li
         rows = conn.execute(_PIPELINE_SELECT + " WHERE p.ledger = %s ORDER BY p.created_at, p.id", (ledger,))
     else:
         rows = conn.execute(_PIPELINE_SELECT + " ORDER BY p.created_at, p.id")
-    return [_pipeline(r) for r in rows.fetchall()]
+    return _pipelines(conn, rows.fetchall())
 
 
 def set_enabled(conn: psycopg.Connection, pipeline_ref: str, enabled: bool) -> Pipeline:

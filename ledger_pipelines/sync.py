@@ -34,10 +34,9 @@ from typing import Any
 
 import psycopg
 
-from ledger_core import hashing, reads
+from ledger_core import export, hashing
 from ledger_core.db import connect
 from ledger_core.validation import format_timestamp
-from ledger_core.writer import LOGS_CHANNEL
 from ledger_pipelines import registry
 from ledger_pipelines.errors import (
     LogChainBroken,
@@ -210,7 +209,7 @@ def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipe
     if held > pipeline.ledger_last_log_id:
         raise WarehouseAhead(pipeline.id, ledger, held, pipeline.ledger_last_log_id)
     if held:
-        link = reads.log_link(conn, ledger, held)
+        link = export.log_link(conn, ledger, held)
         if link is None or link[0].hex() != state["last_log_hash"]:  # type: ignore[index]
             now = link[0].hex()[:16] + "…" if link else "no such log"
             raise LogChainBroken(ledger, held, f"the warehouse received hash {state['last_log_hash'][:16]}… "  # type: ignore[index]
@@ -223,7 +222,7 @@ def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipe
         cursor = held
     if cursor == 0:
         return 0, None, 1
-    link = reads.log_link(conn, ledger, cursor)
+    link = export.log_link(conn, ledger, cursor)
     if link is None:
         raise LogChainBroken(ledger, cursor, "the ledger no longer holds this exported log")
     return cursor, link[0], link[1]
@@ -343,7 +342,7 @@ def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mappin
     """
     failures: dict[str, tuple[int, float]] = {}  # pipeline id -> (failures in a row, not before this monotonic time)
     with connect(database_url) as listener, LogReader(database_url) as reader:
-        listener.execute(f"LISTEN {LOGS_CHANNEL}")
+        listener.execute(f"LISTEN {export.LOGS_CHANNEL}")
         while not should_stop():
             with connect(database_url) as conn:
                 due = [p for p in registry.list_pipelines(conn)

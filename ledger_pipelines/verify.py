@@ -1,9 +1,9 @@
 """Prove a warehouse equals the ledger up to a pipeline's cursor.
 
 Every expected figure is computed from the ledger's own tables in PostgreSQL (never from the pipeline's
-transforms), as of the cursor: log ids and hashes up to it, transactions up to the last transaction a
-log up to it created, balances from the moves of those transactions. So the checks hold even while
-writers keep committing after the sync.
+transforms), through the core's export interface (`ledger_core.export.State`), as of the cursor: log ids and
+hashes up to it, transactions up to the last transaction a log up to it created, balances from the moves of
+those transactions. So the checks hold even while writers keep committing after the sync.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from ledger_core.export import State
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.registry import Pipeline
 from ledger_pipelines.tables import ACCOUNTS, BALANCES, LOGS, MOVES, POSTINGS, TRANSACTIONS
@@ -29,59 +30,21 @@ class CheckResult:
     first_differences: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _as_of(conn: psycopg.Connection, ledger: str, cursor: int) -> tuple[int, str | None]:
-    """The last transaction id created by a log <= cursor, and the hash of log `cursor`."""
-    row = conn.execute(
-        """SELECT coalesce(max((data->'transaction'->>'id')::bigint) FILTER (
-                      WHERE type IN ('NEW_TRANSACTION', 'REVERTED_TRANSACTION')), 0),
-                  max(encode(hash, 'hex')) FILTER (WHERE id = %s)
-           FROM ledger_core.logs WHERE ledger = %s AND id <= %s""",
-        (cursor, ledger, cursor),
-    ).fetchone()
-    assert row is not None
-    return int(row[0]), row[1]
-
-
-def expected_counts(conn: psycopg.Connection, ledger: str, cursor: int, last_tx: int) -> dict[str, int]:
-    row = conn.execute(
-        """SELECT
-             (SELECT count(*) FROM ledger_core.transactions WHERE ledger = %(l)s AND id <= %(t)s),
-             (SELECT count(*) FROM ledger_core.moves WHERE ledger = %(l)s AND transaction_id <= %(t)s),
-             (SELECT count(DISTINCT (account, asset)) FROM ledger_core.moves
-               WHERE ledger = %(l)s AND transaction_id <= %(t)s),
-             (SELECT count(*) FROM (
-                SELECT account FROM ledger_core.moves WHERE ledger = %(l)s AND transaction_id <= %(t)s
-                UNION SELECT data->>'targetId' FROM ledger_core.logs
-                  WHERE ledger = %(l)s AND id <= %(c)s AND data->>'targetType' = 'ACCOUNT'
-                UNION SELECT jsonb_object_keys(data->'accountMetadata') FROM ledger_core.logs
-                  WHERE ledger = %(l)s AND id <= %(c)s AND type = 'NEW_TRANSACTION') a)""",
-        {"l": ledger, "t": last_tx, "c": cursor},
-    ).fetchone()
-    assert row is not None
-    transactions, moves, balances, accounts = (int(v) for v in row)
-    return {LOGS.name: cursor, TRANSACTIONS.name: transactions, POSTINGS.name: moves // 2, MOVES.name: moves,
-            ACCOUNTS.name: accounts, BALANCES.name: balances}
-
-
-def expected_balances(conn: psycopg.Connection, ledger: str, last_tx: int) -> dict[tuple[str, str], tuple[int, int]]:
-    rows = conn.execute(
-        """SELECT DISTINCT ON (account, asset) account, asset, post_commit_input::text, post_commit_output::text
-           FROM ledger_core.moves WHERE ledger = %s AND transaction_id <= %s
-           ORDER BY account, asset, seq DESC""",
-        (ledger, last_tx),
-    ).fetchall()
-    return {(a, s): (int(i), int(o)) for a, s, i, o in rows}
+def expected_counts(state: State) -> dict[str, int]:
+    return {LOGS.name: state.cursor, TRANSACTIONS.name: state.transactions, POSTINGS.name: state.moves // 2,
+            MOVES.name: state.moves, ACCOUNTS.name: state.accounts, BALANCES.name: state.balances}
 
 
 def verify(conn: psycopg.Connection, loader: Loader, ledger: str, cursor: int) -> list[CheckResult]:
     """Run every check of the warehouse against the ledger as of `cursor`; never raises on a mismatch."""
-    last_tx, ledger_hash = _as_of(conn, ledger, cursor)
+    state = State.as_of(conn, ledger, cursor)
+    ledger_hash = state.last_hash
     tables = {t.name: loader.read_table(t, ledger) for t in (LOGS, TRANSACTIONS, POSTINGS, MOVES, ACCOUNTS,
                                                               BALANCES)}
     results: list[CheckResult] = []
 
     # Row counts per table.
-    expected = expected_counts(conn, ledger, cursor, last_tx)
+    expected = expected_counts(state)
     actual = {name: table.num_rows for name, table in tables.items()}
     diffs = [{"table": n, "expected": expected[n], "warehouse": actual[n]}
              for n in expected if expected[n] != actual[n]]
@@ -103,7 +66,7 @@ def verify(conn: psycopg.Connection, loader: Loader, ledger: str, cursor: int) -
                                                     "warehouse": warehouse_hash}]))
 
     # Balances per account and asset.
-    want = expected_balances(conn, ledger, last_tx)
+    want = state.balances_of(conn, ledger)
     have = {(r["account"], r["asset"]): (int(r["input"]), int(r["output"]), int(r["balance"]))
             for r in tables[BALANCES.name].to_pylist()}
     diffs = []
