@@ -188,9 +188,8 @@ def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDataba
                                           run_key=f"{p.name}:{p.ledger_last_log_id}:{attempt}",
                                           tags={"ledger/attempt": str(attempt)}))
         requested[p.name] = {"log": p.ledger_last_log_id, "attempt": attempt, "at": now}
-    state["requested"] = {name: last for name, last in requested.items() if name in current}
-    state["health"] = {name: h for name, h in state.get("health", {}).items() if name in current}
-    state["fresh"] = {name: f for name, f in state.get("fresh", {}).items() if name in current}
+    for key in ("requested", "health", "fresh", "flips"):  # what the cursor keeps per pipeline: live ones only
+        state[key] = {name: value for name, value in state.get(key, {}).items() if name in current}
     events = _reported_events(pipelines, exporters, runs, state,
                               first_sight={p.id for p in pipelines if p.name not in seen})
     run_requests += _freshness_runs([p for p in pipelines if p.name in known], state)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +120,7 @@ class BrokenLink:
     reason: str
 
 
-def first_broken_link(ledger: str, logs: Sequence[StoredLog], *, previous: bytes | None, previous_id: int,
+def first_broken_link(ledger: str, logs: Iterable[StoredLog], *, previous: bytes | None, previous_id: int,
                       previous_version: int = 1) -> BrokenLink | None:
     """Check `logs` link by link, continuing from the log `previous_id` whose hash is `previous`.
 

@@ -173,7 +173,7 @@ def migrate(conn: psycopg.Connection, component: str, steps: Sequence[str], sche
 
 
 def migrate_core(conn: psycopg.Connection) -> int:
-    return migrate(conn, "core", CORE_MIGRATIONS, "ledger_core")
+    return migrate_component(conn, "core")
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,17 @@ def register(name: str, steps: Sequence[str], schema: str) -> None:
     COMPONENTS[name] = Component(name, steps, schema)
 
 
-def migrate_all(conn: psycopg.Connection) -> dict[str, int]:
-    """Apply every registered component's missing steps; how many each applied."""
-    applied = {name: migrate(conn, name, c.steps, c.schema) for name, c in COMPONENTS.items()}
+def migrate_component(conn: psycopg.Connection, name: str) -> int:
+    """Apply one registered component's missing steps; how many it applied."""
+    component = COMPONENTS[name]
+    applied = migrate(conn, name, component.steps, component.schema)
     _checked.clear()
     return applied
+
+
+def migrate_all(conn: psycopg.Connection) -> dict[str, int]:
+    """Apply every registered component's missing steps; how many each applied."""
+    return {name: migrate_component(conn, name) for name in COMPONENTS}
 
 
 def versions(conn: psycopg.Connection) -> dict[str, int]:

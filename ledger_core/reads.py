@@ -345,20 +345,7 @@ def verify_chain_in_snapshot(conn: psycopg.Connection, ledger: str, *, in_databa
 
 
 def _broken_in_python(conn: psycopg.Connection, ledger: str) -> hashing.BrokenLink | None:
-    previous: bytes | None = None
-    previous_id, version = 0, 1
-    batch: list[hashing.StoredLog] = []
-    for log in iter_stored_logs(conn, ledger):
-        batch.append(log)
-        if len(batch) == 5000:
-            broken = hashing.first_broken_link(ledger, batch, previous=previous, previous_id=previous_id,
-                                               previous_version=version)
-            if broken:
-                return broken
-            previous, previous_id, version = batch[-1].hash, batch[-1].id, batch[-1].hash_version
-            batch = []
-    return hashing.first_broken_link(ledger, batch, previous=previous, previous_id=previous_id,
-                                     previous_version=version)
+    return hashing.first_broken_link(ledger, iter_stored_logs(conn, ledger), previous=None, previous_id=0)
 
 
 def _broken_in_database(conn: psycopg.Connection, ledger: str) -> hashing.BrokenLink | None:
@@ -385,8 +372,8 @@ def _broken_in_database(conn: psycopg.Connection, ledger: str) -> hashing.Broken
         else:
             found = hashing.BrokenLink(log_id, f"stored hash {stored[:16]}… recomputed {computed[:16]}…")
     # Version-1 links (logs written before migration 3) have no SQL form: recompute them here.
-    old = hashing.first_broken_link(ledger, list(iter_stored_logs(conn, ledger, versions=(1,))),
-                                    previous=None, previous_id=0)
+    old = hashing.first_broken_link(ledger, iter_stored_logs(conn, ledger, versions=(1,)), previous=None,
+                                    previous_id=0)
     if old is not None and (found is None or old.log_id < found.log_id):
         return old
     return found

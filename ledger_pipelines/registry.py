@@ -100,7 +100,7 @@ migrations.register("pipelines", PIPELINE_MIGRATIONS, "ledger_pipelines")
 
 def migrate_pipelines(conn: psycopg.Connection) -> int:
     """Apply the pipelines' missing migration steps (what `ledgerctl db migrate` does, with the core's)."""
-    return migrations.migrate(conn, "pipelines", PIPELINE_MIGRATIONS, "ledger_pipelines")
+    return migrations.migrate_component(conn, "pipelines")
 
 
 def require_schema(conn: psycopg.Connection) -> None:

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ledger_core.errors import ValidationError
+from ledger_core.validation import text
 from ledger_pipelines.errors import InvalidExporterConfig, MissingSecret, ValueOutOfRange
 from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, SYNC_STATE, Kind, Table
 from ledger_pipelines.transforms import Batch
@@ -86,12 +88,10 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 def _check_strings(driver: str, value: Any, where: str) -> None:
     """Every string of a config, keys included, must be storable (no NUL) and encodable (no lone surrogate)."""
     if isinstance(value, str):
-        if "\x00" in value:
-            raise InvalidExporterConfig(driver, f"{where} must not contain the NUL character")
         try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidExporterConfig(driver, f"{where} must be valid Unicode (it holds a lone surrogate)") from None
+            text(value, field=where)  # the ledger's one rule for storable text
+        except ValidationError as exc:
+            raise InvalidExporterConfig(driver, str(exc)) from None
     elif isinstance(value, Mapping):
         for key, item in value.items():
             _check_strings(driver, key, f"a key of {where}")
