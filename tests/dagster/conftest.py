@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import dagster as dg
 import pytest
+from dagster._core.storage.defs_state.base import DefsStateStorage
 
 from dagster_project.resources import ExporterSecrets, LedgerDatabase
 from ledger_core.db import connect
@@ -31,6 +34,10 @@ def resources(dagster_db_url):
 def instance():
     with dg.instance_for_test() as test_instance:
         yield test_instance
+    # An evaluation context left open keeps a dead instance's state storage current for the next test, which
+    # then fails at random when the collector runs (tests/dagster/ticks.py says how): fail here instead.
+    gc.collect()
+    assert DefsStateStorage.get() is None, "a sensor or schedule context was left open: use tests/dagster/ticks.py"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 
 from dagster_project import assets, automation
 from dagster_project.assets import PIPELINES, warehouse_sync
+from tests.dagster.ticks import schedule_tick, sensor_tick
 from tests.helpers import posting, send
 
 
@@ -90,8 +91,7 @@ def test_sensor_requests_runs_only_for_new_logs_and_registers_new_pipelines(inst
     send(dconn, "hr", posting("world", "a", 1))
 
     def tick(cursor):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-        return automation.new_logs_sensor(context)
+        return sensor_tick(instance, resources, cursor)
 
     first = tick(None)
     assert [r.partition_key for r in first.run_requests] == [realtime.name]  # hourly waits for its schedule
@@ -119,8 +119,7 @@ def test_sensor_asks_again_for_a_failed_sync_without_a_new_write(instance, resou
     send(dconn, "rt2", posting("world", "a", 1))
 
     def tick(cursor):
-        return automation.new_logs_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                                  resources=resources))
+        return sensor_tick(instance, resources, cursor)
 
     def failed_run():
         def boom(point: str) -> None:
@@ -142,7 +141,7 @@ def test_sensor_asks_again_for_a_failed_sync_without_a_new_write(instance, resou
     assert tick(second.cursor).run_requests == []  # healed: nothing due
 
 
-def test_schedules_retry_a_failed_sync_at_the_next_tick(instance, resources, dconn, make_pipeline):
+def test_schedules_retry_a_failed_sync_at_the_nextsensor_tick(instance, resources, dconn, make_pipeline):
     from ledger_pipelines.sync import sync_pipeline
 
     hourly = make_pipeline("h3", "hourly")
@@ -156,9 +155,8 @@ def test_schedules_retry_a_failed_sync_at_the_next_tick(instance, resources, dco
         sync_pipeline(dconn.info.dsn, hourly.name, environ={}, fault=down)
     keys = []
     for hour in (10, 11):
-        context = dg.build_schedule_context(instance=instance, resources=resources,
-                                            scheduled_execution_time=datetime(2026, 1, 1, hour, tzinfo=UTC))
-        keys += [r.run_key for r in automation.hourly_sync(context)]
+        at = datetime(2026, 1, 1, hour, tzinfo=UTC)
+        keys += [r.run_key for r in schedule_tick(automation.hourly_sync, instance, resources, at)]
     assert len(keys) == 2 and len(set(keys)) == 2  # a new run key per tick: the retry is not swallowed
 
 
@@ -170,11 +168,9 @@ def test_hourly_schedule_requests_hourly_pipelines_with_new_logs(instance, resou
     send(dconn, "d1", posting("world", "a", 1))
     instance.add_dynamic_partitions(PIPELINES.name, [hourly.name, idle.name])
     at = datetime(2026, 1, 1, 10, tzinfo=UTC)
-    context = dg.build_schedule_context(instance=instance, resources=resources, scheduled_execution_time=at)
-    requests = automation.hourly_sync(context)
+    requests = schedule_tick(automation.hourly_sync, instance, resources, at)
     assert [r.partition_key for r in requests] == [hourly.name]
-    daily = automation.daily_sync(dg.build_schedule_context(instance=instance, resources=resources,
-                                                            scheduled_execution_time=at))
+    daily = schedule_tick(automation.daily_sync, instance, resources, at)
     assert isinstance(daily, dg.SkipReason)  # the daily pipeline is not a partition yet: the sensor adds it
 
 
@@ -214,10 +210,6 @@ def test_instance_config_admits_one_run_per_pipeline(tmp_path, monkeypatch):
     assert limits == [{"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
 
 
-def _tick(instance, resources, cursor=None):
-    return automation.new_logs_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
-
-
 def test_syncs_run_outside_dagster_show_in_dagster(instance, resources, dconn, make_pipeline, tmp_path):
     """CLI and follow syncs are reported as runless events: the partition tells the truth whoever synced."""
     from ledger_pipelines.sync import NO_RETRY, sync_pipeline
@@ -225,7 +217,7 @@ def test_syncs_run_outside_dagster_show_in_dagster(instance, resources, dconn, m
     pipeline = make_pipeline("cli", "hourly")
     send(dconn, "cli", posting("world", "a", 1))
     sync_pipeline(dconn.info.dsn, pipeline.id, environ={}, trigger="cli")  # before Dagster ever saw it
-    first = _tick(instance, resources)
+    first = sensor_tick(instance, resources)
     instance.add_dynamic_partitions(PIPELINES.name, list(first.dynamic_partitions_requests[0].partition_keys))
     for event in first.asset_events:  # what the sensor daemon does with them
         instance.report_runless_asset_event(event)
@@ -243,7 +235,7 @@ def test_syncs_run_outside_dagster_show_in_dagster(instance, resources, dconn, m
     send(dconn, "cli", posting("world", "a", 3))
     with pytest.raises(Exception):  # noqa: B017 - whatever DuckDB raises; recorded as a failed run
         sync_pipeline(dconn.info.dsn, pipeline.id, environ={}, trigger="cli", retry=NO_RETRY)
-    second = _tick(instance, resources, first.cursor)
+    second = sensor_tick(instance, resources, first.cursor)
     materialized = [e for e in second.asset_events if isinstance(e, dg.AssetMaterialization)]
     assert {e.asset_key.path[-1] for e in materialized} == {"logs", "transactions", "postings", "moves", "accounts",
                                                             "balances"}
@@ -255,7 +247,7 @@ def test_syncs_run_outside_dagster_show_in_dagster(instance, resources, dconn, m
     assert failure.metadata["error_code"].value
     health = [e for e in second.asset_events if isinstance(e, dg.AssetObservation) and "failing" in e.metadata]
     assert [(e.metadata["lag"].value, e.metadata["failing"].value) for e in health] == [(1, True)]
-    assert _tick(instance, resources, second.cursor).asset_events == []  # nothing new: nothing reported
+    assert sensor_tick(instance, resources, second.cursor).asset_events == []  # nothing new: nothing reported
 
 
 def test_a_transient_failure_is_retried_by_dagster_and_a_terminal_one_is_not(instance, resources, dconn,
@@ -348,12 +340,12 @@ def test_a_pipeline_behind_its_cadence_fails_freshness(instance, resources, dcon
 
     pipeline = make_pipeline("late", "realtime")
     send(dconn, "late", posting("world", "a", 1))
-    first = _tick(instance, resources)
+    first = sensor_tick(instance, resources)
     instance.add_dynamic_partitions(PIPELINES.name, [pipeline.name])
     assert [r.job_name for r in first.run_requests] == ["sync_pipeline"]  # new logs; fresh so far: no check run
     # The log has waited 10 minutes: more than a realtime pipeline allows (5).
     dconn.execute("UPDATE ledger_core.logs SET date = date - interval '10 minutes' WHERE ledger = 'late'")
-    second = _tick(instance, resources, first.cursor)
+    second = sensor_tick(instance, resources, first.cursor)
     [check_run] = [r for r in second.run_requests if r.job_name == "check_pipeline"]
     assert check_run.partition_key == pipeline.name
     health = next(e for e in second.asset_events if isinstance(e, dg.AssetObservation) and "fresh" in e.metadata)
@@ -363,4 +355,5 @@ def test_a_pipeline_behind_its_cadence_fails_freshness(instance, resources, dcon
     late = next(c for c in result.get_asset_check_evaluations() if c.check_name == "freshness")
     assert (late.passed, late.partition, late.severity) == (False, pipeline.name, dg.AssetCheckSeverity.WARN)
     assert late.metadata["details"].value["staleness_seconds"] >= 600
-    assert [r for r in _tick(instance, resources, second.cursor).run_requests if r.job_name == "check_pipeline"] == []
+    third = sensor_tick(instance, resources, second.cursor)
+    assert [r for r in third.run_requests if r.job_name == "check_pipeline"] == []

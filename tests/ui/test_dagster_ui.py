@@ -13,10 +13,10 @@ import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from dagster_project import automation
 from dagster_project.assets import PIPELINES, warehouse_sync
 from dagster_project.resources import ExporterSecrets, LedgerDatabase
 from ledger_pipelines.sync import sync_pipeline
+from tests.dagster.ticks import sensor_tick
 from tests.helpers import posting, send
 from tests.webserver import ROOT, webserver
 
@@ -46,7 +46,7 @@ def operated(dagster_db_url, dconn, make_pipeline, tmp_path):
         send(dconn, "shop", posting("world", "late", 1))
         send(dconn, "ops", posting("world", "late", 1))
         send(dconn, "ops", posting("world", "later", 1))
-        tick = automation.new_logs_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        tick = sensor_tick(instance, resources)
         for event in tick.asset_events:  # what the sensor daemon does with its tick's events
             instance.report_runless_asset_event(event)
     return home, synced_by_dagster, synced_by_cli
