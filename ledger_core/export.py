@@ -97,12 +97,15 @@ class State:
         transactions, moves, balances, accounts = (int(v) for v in counts)
         return cls(cursor, last_tx, last_hash, transactions, moves, balances, accounts)
 
-    def balances_of(self, conn: psycopg.Connection, ledger: str) -> dict[tuple[str, str], tuple[int, int]]:
-        """(account, asset) -> (input, output) as of the cursor."""
+    def balances_of(self, conn: psycopg.Connection, ledger: str,
+                    accounts: Sequence[str] | None = None) -> dict[tuple[str, str], tuple[int, int]]:
+        """(account, asset) -> (input, output) as of the cursor: of `accounts` only, when given."""
         rows = conn.execute(
             """SELECT DISTINCT ON (account, asset) account, asset, post_commit_input::text, post_commit_output::text
                FROM ledger_core.moves WHERE ledger = %s AND transaction_id <= %s
+                 AND (%s::text[] IS NULL OR account = ANY(%s::text[]))
                ORDER BY account, asset, seq DESC""",
-            (ledger, self.last_transaction_id),
+            (ledger, self.last_transaction_id, None if accounts is None else list(accounts),
+             None if accounts is None else list(accounts)),
         ).fetchall()
         return {(a, s): (int(i), int(o)) for a, s, i, o in rows}

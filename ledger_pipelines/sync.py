@@ -49,8 +49,9 @@ from ledger_pipelines.errors import (
     WarehouseAhead,
 )
 from ledger_pipelines.loaders import FaultHook, open_loader
-from ledger_pipelines.loaders.base import Loader, SyncState
+from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.reader import LogReader
+from ledger_pipelines.tables import BALANCES, Batch, SyncState
 from ledger_pipelines.transforms import transform
 from ledger_pipelines.verify import CheckResult, freshness, verify
 
@@ -148,11 +149,11 @@ def sync_pipeline(
                     done.attempts += 1
                     try:
                         with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
-                            loader.setup()
                             report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at,
                                            started, reader, done)
                             if verify_after:
-                                checks = verify(conn, loader, pipeline.ledger, report.to_log_id)
+                                checks = verify(conn, loader, pipeline.ledger, report.to_log_id,
+                                                **done.check_scope(report.to_log_id))
                                 report = replace(report, checks=[*checks,
                                                                   freshness(registry.get_pipeline(conn, pipeline_id))])
                         break
@@ -187,12 +188,23 @@ class _Progress:
     first: int | None = None
     logs: int = 0
     rows: Counter[str] = field(default_factory=Counter)
+    accounts: set[str] = field(default_factory=set)  # whose balances the loaded batches changed
     note: str | None = None
 
-    def loaded(self, first: int, last: int, rows: Mapping[str, int]) -> None:
-        self.first = first if self.first is None else min(self.first, first)
-        self.logs += last - first + 1
-        self.rows.update(rows)
+    def check_scope(self, cursor: int) -> dict[str, Any]:
+        """What the checks after this sync look at: what it loaded (the cost follows the batch), or all of it
+        when it loaded from the first log."""
+        if self.first is None:
+            return {"since": cursor, "accounts": []}
+        if self.first == 1:
+            return {"since": 0, "accounts": None}
+        return {"since": self.first - 1, "accounts": sorted(self.accounts)}
+
+    def loaded(self, batch: Batch) -> None:
+        self.first = batch.first_log_id if self.first is None else min(self.first, batch.first_log_id)
+        self.logs += batch.last_log_id - batch.first_log_id + 1
+        self.rows.update(batch.row_counts())
+        self.accounts.update(batch.tables[BALANCES.name].column("account").to_pylist())
 
 
 def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipeline,
@@ -204,7 +216,7 @@ def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipe
     idempotent); one at or ahead of it (ahead: after a reset) continues from the cursor.
     """
     cursor, ledger = pipeline.last_log_id, pipeline.ledger
-    state = loader.read_sync_state(pipeline.id)
+    state = loader.ensure_schema(pipeline.id)  # builds or upgrades the warehouse's tables only when needed
     held = int(state["last_log_id"]) if state else 0
     if held > pipeline.ledger_last_log_id:
         raise WarehouseAhead(pipeline.id, ledger, held, pipeline.ledger_last_log_id)
@@ -275,7 +287,7 @@ def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader,
                                  datetime.now(UTC)))
     fault("after_load")
     registry.move_cursor(conn, pipeline.id, cursor, batch.last_log_id)
-    done.loaded(batch.first_log_id, batch.last_log_id, batch.row_counts())
+    done.loaded(batch)
     return batch.last_log_id
 
 
@@ -289,7 +301,7 @@ def verify_pipeline(database_url: str, pipeline_ref: str, *, environ: Mapping[st
             pipeline = registry.get_pipeline(conn, pipeline.id)
             exporter = registry.get_exporter(conn, pipeline.exporter_id)
             with open_loader(exporter.driver, exporter.config, environ) as loader:
-                loader.setup()  # a warehouse never synced (or wiped) is checked as empty, not as an error
+                loader.ensure_schema(pipeline.id)  # a warehouse never synced (or wiped) is checked as empty
                 return [*verify(conn, loader, pipeline.ledger, pipeline.last_log_id), freshness(pipeline)]
 
 

@@ -9,6 +9,7 @@ resets idempotent: loading the same logs twice, or older logs after newer ones, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 import pyarrow as pa
@@ -103,9 +104,48 @@ BALANCES = Table("balances", (
 
 SYNC_STATE = Table("sync_state", (
     _c("pipeline_id", S), _c("ledger", S), _c("last_log_id", I64), _c("last_log_hash", S), _c("synced_at", T),
-    _c("log_id", I64),
+    _c("log_id", I64), _c("schema_version", I32, True),
 ), key=("pipeline_id",), mutable=True)
 
 DATA_TABLES: tuple[Table, ...] = (LOGS, TRANSACTIONS, POSTINGS, MOVES, ACCOUNTS, BALANCES)
 ALL_TABLES: tuple[Table, ...] = (*DATA_TABLES, SYNC_STATE)
 BY_NAME = {t.name: t for t in ALL_TABLES}
+
+# The version of these descriptions. A warehouse records, per pipeline, the version it was built with (in
+# `sync_state`); a loader runs its setup (DDL, views, columns added in place) only when that is missing or
+# older, never on every sync. Bump it whenever a table, column or view changes.
+# 1: the first tables; 2: `sync_state.schema_version`.
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The warehouse rows for the logs `first_log_id..last_log_id` of one ledger."""
+
+    ledger: str
+    first_log_id: int
+    last_log_id: int
+    last_log_hash: str
+    tables: dict[str, pa.Table]
+
+    def row_counts(self) -> dict[str, int]:
+        return {name: table.num_rows for name, table in self.tables.items()}
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """The row a load writes last: which log the warehouse holds up to, its hash, and the schema version."""
+
+    pipeline_id: str
+    ledger: str
+    last_log_id: int
+    last_log_hash: str
+    synced_at: datetime
+
+    def as_table(self) -> pa.Table:
+        return pa.Table.from_pylist(
+            [{"pipeline_id": self.pipeline_id, "ledger": self.ledger, "last_log_id": self.last_log_id,
+              "last_log_hash": self.last_log_hash, "synced_at": self.synced_at, "log_id": self.last_log_id,
+              "schema_version": SCHEMA_VERSION}],
+            schema=SYNC_STATE.arrow_schema,
+        )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +30,7 @@ from ledger_pipelines.tables import (
     MOVES,
     POSTINGS,
     TRANSACTIONS,
+    Batch,
     Kind,
     Table,
 )
@@ -39,20 +39,6 @@ MONEY_TYPE = ARROW_TYPES[Kind.MONEY]
 
 # fetch_current(table, ledger, keys) -> current warehouse rows (as dicts) for those keys
 FetchCurrent = Callable[[Table, str, Sequence[tuple[Any, ...]]], list[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """The warehouse rows for the logs `first_log_id..last_log_id` of one ledger."""
-
-    ledger: str
-    first_log_id: int
-    last_log_id: int
-    last_log_hash: str
-    tables: dict[str, pa.Table]
-
-    def row_counts(self) -> dict[str, int]:
-        return {name: table.num_rows for name, table in self.tables.items()}
 
 
 def _time(value: str | None) -> datetime | None:

@@ -20,25 +20,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ledger_pipelines.loaders.base import FaultHook, Loader, LoaderRegistry
+from ledger_pipelines.loaders.base import Drivers, FaultHook, Loader
 
-REGISTRY = LoaderRegistry({
+DRIVERS = Drivers({
     "duckdb": "ledger_pipelines.loaders.duckdb:DuckDBLoader",
     "postgres": "ledger_pipelines.loaders.postgres:PostgresLoader",
     "clickhouse": "ledger_pipelines.loaders.clickhouse:ClickHouseLoader",
+    "redshift": "ledger_pipelines.loaders.redshift:RedshiftLoader",
+    "snowflake": "ledger_pipelines.loaders.snowflake:SnowflakeLoader",
+    "bigquery": "ledger_pipelines.loaders.bigquery:BigQueryLoader",
 })
 
 
 def validate_config(driver: str, config: Any) -> dict[str, Any]:
     """Check a config for `driver` without connecting anywhere; return it normalised."""
-    return REGISTRY.get(driver).validate(config)
+    return DRIVERS.get(driver).validate(config)
 
 
 def prepare_config(driver: str, config: Any, base_dir: Path) -> dict[str, Any]:
     """What `exporters create` stores: the config validated, with paths made absolute against `base_dir`."""
-    loader = REGISTRY.get(driver)
+    loader = DRIVERS.get(driver)
     return loader.prepare(loader.validate(config), base_dir)
 
 
 def open_loader(driver: str, config: Any, environ: Any, fault: FaultHook | None = None) -> Loader:
-    return REGISTRY.get(driver)(config, environ, fault)
+    return DRIVERS.get(driver)(config, environ, fault)

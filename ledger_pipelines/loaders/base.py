@@ -1,32 +1,71 @@
-"""The one loader interface every warehouse implements, and the dialect facts it is built from.
+"""The one load loop every warehouse shares, and the dialect facts and hooks it is built from.
 
-A `Dialect` is data: how identifiers are quoted and how long they may be, the SQL type of each logical
-kind, how many digits the exact money type holds, and whether a load is one transaction. A `Loader`
-owns a connection and implements four operations over the shared table descriptions (`tables.py`):
-`setup` (create schema and tables, idempotently), `fetch_current` (current rows by key, for folding),
-`load` (merge a batch and the sync state), and `read_table` (what an analyst would read, deduplicated).
-Warehouse quirks live in the warehouse's own module and nowhere else.
+A `Dialect` is data: how identifiers are quoted, folded and bounded, how a query names a parameter, the SQL
+type of each logical kind (and how it is staged, inserted and read), how many digits the exact money type
+holds, and whether a load is one transaction. A `Loader` owns a connection to one warehouse. The loop lives
+here, once: check money against the dialect's digits, stage each table of the batch, then, in one transaction
+where the warehouse has them, merge every table and the sync state last, with the fault points tests use.
+A warehouse module implements only its edges:
+
+- `execute` and `query` (named parameters), and `errors()`: where its driver's exceptions become
+  `LoadError` (terminal) or `TransientLoadError` (retried), in one place;
+- `stage`, its bulk path into a staging relation, and where it needs them `unstage`, `transaction`, `merge`;
+- `delete_superseded_sql` / `insert_absent_sql` only where its SQL differs from the shared shape.
+
+Merge: delete the rows a staged row supersedes (same natural key, `log_id` not higher), then insert the staged
+rows whose key is absent. It is the one shape that runs transactionally on every warehouse and stand-in, and
+it keeps, per key, the row with the highest `log_id` whatever order batches arrive in.
+
+Setup (tables, views, columns added in place) runs when the warehouse has no recorded schema version for
+the pipeline or an older one (`tables.SCHEMA_VERSION`), not on every sync. The checks ask the warehouse for
+aggregates over what a sync touched (`row_counts`, `log_span`, `log_hash`, `balances`, `asset_sums`), never
+for whole tables: on a warehouse that bills by bytes scanned, their cost follows the batch.
 """
 
 from __future__ import annotations
 
-import os
-import re
+import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger_core.errors import ValidationError
-from ledger_core.validation import text
-from ledger_pipelines.errors import InvalidExporterConfig, MissingSecret, ValueOutOfRange
-from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, SYNC_STATE, Kind, Table
-from ledger_pipelines.transforms import Batch
+from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError, ValueOutOfRange
+from ledger_pipelines.loaders.config import ConfigField, check_config, resolve_secret
+from ledger_pipelines.tables import (
+    ALL_TABLES,
+    BALANCES,
+    BY_NAME,
+    LOGS,
+    MONEY_DIGITS,
+    SCHEMA_VERSION,
+    SYNC_STATE,
+    Batch,
+    Kind,
+    SyncState,
+    Table,
+)
+
+# Called by the sync engine at named points of a load, so tests can fail a sync exactly there.
+FaultHook = Callable[[str], None]
+
+IN_LIST_CHUNK = 1000  # values per IN (…) list: within every warehouse's parameter limits
+
+
+class Fold(StrEnum):
+    """How a warehouse folds unquoted identifiers. Names are created folded, so analysts never quote them."""
+
+    NONE = "none"
+    UPPER = "upper"  # Snowflake: `select balance from ledger.balances` finds "BALANCE" in "BALANCES"
+    LOWER = "lower"
 
 
 @dataclass(frozen=True)
@@ -36,147 +75,55 @@ class Dialect:
     money_digits: int  # exact digits of the money type: larger values stop the pipeline
     max_identifier_length: int = 63
     quote: str = '"'
+    fold: Fold = Fold.NONE
+    placeholder: str = "%({name})s"  # a named query parameter; {type} is its SQL type where the syntax needs it
+    staging_types: Mapping[Kind, str] = field(default_factory=dict)  # a kind staged as another type
+    insert_casts: Mapping[Kind, str] = field(default_factory=dict)  # staged value -> column value ("{}": it)
+    select_casts: Mapping[Kind, str] = field(default_factory=dict)  # column value -> what the client reads
     transactional: bool = True  # a batch and its sync state land together or not at all
     declare_primary_keys: bool = True  # False where an index costs bulk loads more than it protects
 
     def ident(self, name: str) -> str:
         if len(name) > self.max_identifier_length:
             raise ValueError(f"identifier {name!r} is longer than {self.max_identifier_length} for {self.name}")
-        return f"{self.quote}{name.replace(self.quote, self.quote * 2)}{self.quote}"
+        folded = {Fold.UPPER: name.upper(), Fold.LOWER: name.lower()}.get(self.fold, name)
+        return f"{self.quote}{folded.replace(self.quote, self.quote * 2)}{self.quote}"
 
     def column_type(self, kind: Kind) -> str:
         return self.types[kind]
 
+    def param(self, name: str, kind: Kind) -> str:
+        return self.placeholder.format(name=name, type=self.types[kind])
 
-@dataclass(frozen=True)
-class SyncState:
-    pipeline_id: str
-    ledger: str
-    last_log_id: int
-    last_log_hash: str
-    synced_at: datetime
+    def inserted(self, kind: Kind, expression: str) -> str:
+        return self.insert_casts.get(kind, "{}").format(expression)
 
-    def as_table(self) -> pa.Table:
-        return pa.Table.from_pylist(
-            [{"pipeline_id": self.pipeline_id, "ledger": self.ledger, "last_log_id": self.last_log_id,
-              "last_log_hash": self.last_log_hash, "synced_at": self.synced_at, "log_id": self.last_log_id}],
-            schema=SYNC_STATE.arrow_schema,
-        )
+    def selected(self, kind: Kind, expression: str) -> str:
+        return self.select_casts.get(kind, "{}").format(expression)
 
 
-# Called by the sync engine at named points of a load, so tests can fail a sync exactly there.
-FaultHook = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ConfigField:
-    name: str
-    kind: type | tuple[type, ...]
-    required: bool = False
-    secret: bool = False  # may be {"env": "VAR"}; a secret must be
-    default: Any = None
-    bounds: tuple[int, int] | None = None  # inclusive range for an integer setting
-
-
-PORT_BOUNDS = (1, 65535)
-
-
-SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-
-
-def _check_strings(driver: str, value: Any, where: str) -> None:
-    """Every string of a config, keys included, must be storable (no NUL) and encodable (no lone surrogate)."""
-    if isinstance(value, str):
-        try:
-            text(value, field=where)  # the ledger's one rule for storable text
-        except ValidationError as exc:
-            raise InvalidExporterConfig(driver, str(exc)) from None
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_strings(driver, key, f"a key of {where}")
-            _check_strings(driver, item, f"'{key}'" if where == "the config" else where)
-
-
-def check_config(driver: str, fields: Sequence[ConfigField], config: Any) -> dict[str, Any]:
-    """Validate a config against its fields: required keys, types, no unknown keys, secrets by env name."""
-    if not isinstance(config, Mapping):
-        raise InvalidExporterConfig(driver, "config must be a JSON object")
-    _check_strings(driver, config, "the config")
-    known = {f.name: f for f in fields}
-    unknown = sorted(set(config) - set(known))
-    if unknown:
-        raise InvalidExporterConfig(driver, f"unknown setting(s) {unknown}; known: {sorted(known)}")
-    checked: dict[str, Any] = {}
-    for f in fields:
-        if f.name not in config or config[f.name] is None:
-            if f.required:
-                raise InvalidExporterConfig(driver, f"'{f.name}' is required")
-            if f.default is not None:
-                checked[f.name] = f.default
-            continue
-        value = config[f.name]
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            if not f.secret:
-                raise InvalidExporterConfig(driver, f"'{f.name}' cannot be read from the environment")
-            if not isinstance(value["env"], str) or not ENV_NAME.fullmatch(value["env"]):
-                raise InvalidExporterConfig(driver, f"'{f.name}': {{\"env\": …}} must name an environment "
-                                                    f"variable (letters, digits, '_'), got {value['env']!r}")
-            checked[f.name] = {"env": value["env"]}
-            continue
-        if f.secret:
-            raise InvalidExporterConfig(
-                driver, f"'{f.name}' is a secret: give {{\"env\": \"VARIABLE\"}}, never the value itself"
-            )
-        if (isinstance(value, bool) and f.kind is not bool) or not isinstance(value, f.kind):
-            raise InvalidExporterConfig(driver, f"'{f.name}' must be {_kind_name(f.kind)}, got {value!r}")
-        if f.bounds and not f.bounds[0] <= value <= f.bounds[1]:
-            raise InvalidExporterConfig(driver, f"'{f.name}' must be between {f.bounds[0]} and {f.bounds[1]}, "
-                                                f"got {value}")
-        checked[f.name] = value
-    schema = checked.get("schema")
-    if schema is not None and not SCHEMA_NAME.fullmatch(schema):
-        raise InvalidExporterConfig(driver, f"'schema' must be a plain identifier, got {schema!r}")
-    return checked
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({str: "a string", int: "an integer", bool: "true or false"}.get(k, k.__name__) for k in kinds)
-
-
-def local_path(driver: str, key: str, value: str, base_dir: Path, *, folder: bool = False) -> str:
-    """`value` made absolute against `base_dir`, after checking files can be created where it points.
-
-    `folder`: the path is a data folder (created now), else a file (its folder is created now).
-    """
-    path = Path(value).expanduser()
-    path = (path if path.is_absolute() else base_dir / path).resolve()
-    where = path if folder else path.parent
-    if not folder and path.is_dir():
-        raise InvalidExporterConfig(driver, f"'{key}': {str(path)!r} is a folder; give a file path")
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        probe = where / f".ledger-probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise InvalidExporterConfig(driver, f"'{key}': cannot create files in {str(where)!r} "
-                                            f"({exc.strerror or exc}); choose a writable folder") from None
-    return str(path)
-
-
-def resolve_secret(driver: str, key: str, value: Any, environ: Mapping[str, str]) -> Any:
-    if isinstance(value, Mapping) and "env" in value:
-        found = environ.get(value["env"])
-        if found is None:
-            raise MissingSecret(driver, key, value["env"])
-        return found
+def from_warehouse(kind: Kind, value: Any) -> Any:
+    """A value as a warehouse client returns it, in the pipeline's terms (never a float for money)."""
+    if value is None:
+        return None
+    if kind is Kind.MONEY:
+        if isinstance(value, float):
+            raise LoadError("a money column came back as a float: the warehouse's type is not exact")
+        exact = value if isinstance(value, Decimal) else Decimal(value)
+        if exact != exact.to_integral_value():
+            raise LoadError(f"a money column came back with a fraction ({exact}): the warehouse's type is not exact")
+        return Decimal(int(exact))  # "5.000…" from a scaled type is the integer 5
+    if kind is Kind.JSON and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    if kind is Kind.TIMESTAMP and isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # stored in UTC; some clients return it naive
+    if kind in (Kind.INT32, Kind.INT64) and not isinstance(value, int):
+        return int(value)
     return value
 
 
 class Loader(ABC):
-    """A warehouse destination. Subclasses set `driver`, `dialect`, `config_fields` and the four operations."""
+    """A warehouse destination: `driver`, `dialect`, `config_fields`, and the edges the module docstring names."""
 
     driver: ClassVar[str]
     dialect: ClassVar[Dialect]
@@ -187,6 +134,8 @@ class Loader(ABC):
         self.environ = environ
         self.schema: str = self.config.get("schema", "ledger")
         self.fault: FaultHook = fault or (lambda point: None)
+
+    # -- config --------------------------------------------------------------------------------------
 
     @classmethod
     def validate(cls, config: Any) -> dict[str, Any]:
@@ -201,9 +150,14 @@ class Loader(ABC):
     def secret(self, key: str) -> Any:
         return resolve_secret(self.driver, key, self.config.get(key), self.environ)
 
+    # -- dialect facts, overridable per loader -------------------------------------------------------------
+
     def column_type(self, kind: Kind) -> str:
         """The SQL type of a logical kind: the dialect's, unless this loader's config changes it."""
         return self.dialect.column_type(kind)
+
+    def staging_type(self, kind: Kind) -> str:
+        return self.dialect.staging_types.get(kind) or self.column_type(kind)
 
     @property
     def money_digits(self) -> int:
@@ -215,19 +169,148 @@ class Loader(ABC):
         return ("export this ledger to a destination whose money holds 76 digits (postgres, clickhouse), then "
                 f"delete this pipeline; exporter '{exporter_id}' cannot hold the value")
 
+    def ident(self, name: str) -> str:
+        return self.dialect.ident(name)
+
     def qualified(self, table: Table | str) -> str:
         name = table if isinstance(table, str) else table.name
-        return f"{self.dialect.ident(self.schema)}.{self.dialect.ident(name)}"
+        return f"{self.ident(self.schema)}.{self.ident(name)}"
+
+    def relation(self, table: Table) -> str:
+        """What reads select from: the table, or a deduplicating form of it (ClickHouse's FINAL)."""
+        return self.qualified(table)
+
+    # -- the warehouse's edges -----------------------------------------------------------------------
+
+    @abstractmethod
+    def errors(self) -> Any:
+        """A context manager turning the driver's exceptions into LoadError / TransientLoadError."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run one statement."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one query; its rows."""
+
+    @abstractmethod
+    def stage(self, table: Table, data: pa.Table) -> Any:
+        """Put `data` (the batch's rows of `table`) where the merge reads them; return what the merge needs
+        (a staging relation's name, usually)."""
+
+    def unstage(self, staged: Any) -> None:  # noqa: B027 - optional hook
+        """Drop what `stage` made, if it outlives the load."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The batch's merges together: all or nothing (a no-op where the warehouse has no transactions)."""
+        yield
+
+    def merge(self, table: Table, staged: Any) -> None:
+        for statement in self.merge_statements(table, staged):
+            self.execute(statement)
+
+    # -- shared SQL ------------------------------------------------------------------------------------
+
+    def merge_statements(self, table: Table, staged: str) -> list[str]:
+        """Delete what the staged rows supersede (mutable tables only), then insert the absent keys."""
+        superseded = [self.delete_superseded_sql(table, staged)] if table.mutable else []
+        return [*superseded, self.insert_absent_sql(table, staged)]
+
+    def delete_superseded_sql(self, table: Table, staged: str) -> str:
+        target = self.qualified(table)
+        same_key = " AND ".join(f"{target}.{self.ident(k)} = s.{self.ident(k)}" for k in table.key)
+        log_id = self.ident("log_id")
+        return f"DELETE FROM {target} USING {staged} s WHERE {same_key} AND {target}.{log_id} <= s.{log_id}"
+
+    def insert_absent_sql(self, table: Table, staged: str) -> str:
+        target = self.qualified(table)
+        columns = ", ".join(self.ident(c.name) for c in table.columns)
+        values = ", ".join(self.dialect.inserted(c.kind, f"s.{self.ident(c.name)}") for c in table.columns)
+        same_key = " AND ".join(f"t.{self.ident(k)} = s.{self.ident(k)}" for k in table.key)
+        return (f"INSERT INTO {target} ({columns}) SELECT {values} FROM {staged} s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {target} t WHERE {same_key})")
 
     def create_table_sql(self, table: Table) -> str:
         """Default DDL: typed columns, NOT NULL where required, the natural key as primary key."""
-        columns = [
-            f"{self.dialect.ident(c.name)} {self.column_type(c.kind)}{'' if c.nullable else ' NOT NULL'}"
-            for c in table.columns
-        ]
+        columns = [f"{self.ident(c.name)} {self.column_type(c.kind)}{'' if c.nullable else ' NOT NULL'}"
+                   for c in table.columns]
         if self.dialect.declare_primary_keys:
-            columns.append(f"PRIMARY KEY ({', '.join(self.dialect.ident(k) for k in table.key)})")
+            columns.append(f"PRIMARY KEY ({', '.join(self.ident(k) for k in table.key)})")
         return f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ({', '.join(columns)})"
+
+    def create_schema_sql(self) -> str:
+        return f"CREATE SCHEMA IF NOT EXISTS {self.ident(self.schema)}"
+
+    def add_column_sql(self, table: Table, column: str) -> str:
+        kind = next(c.kind for c in table.columns if c.name == column)
+        return f"ALTER TABLE {self.qualified(table)} ADD COLUMN {self.ident(column)} {self.column_type(kind)}"
+
+    def existing_columns(self) -> dict[str, set[str]]:
+        """Table name -> its column names, as the warehouse has them now (names unfolded to ours)."""
+        rows = self.query("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = "
+                          f"{self.dialect.param('schema', Kind.STRING)}", {"schema": self._folded(self.schema)})
+        found: dict[str, set[str]] = {}
+        for name, column in rows:
+            found.setdefault(str(name).lower(), set()).add(str(column).lower())
+        return found
+
+    def _folded(self, name: str) -> str:
+        return self.ident(name)[1:-1]
+
+    # -- setup -----------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create the schema and missing tables, add missing columns in place, then `after_setup` (views)."""
+        with self.errors():
+            self.execute(self.create_schema_sql())
+            for table in ALL_TABLES:
+                self.execute(self.create_table_sql(table))
+            have = self.existing_columns()
+            for table in ALL_TABLES:
+                for column in table.column_names:
+                    if column not in have.get(table.name, set()):
+                        self.execute(self.add_column_sql(table, column))  # additive: a new, nullable column
+            self.after_setup(have)
+
+    def after_setup(self, columns: Mapping[str, set[str]]) -> None:  # noqa: B027 - optional hook
+        """Views, or converting columns whose type a setting changed."""
+
+    def ensure_schema(self, pipeline_id: str) -> dict[str, Any] | None:
+        """Set the warehouse up if its recorded schema version for the pipeline is missing or older; return
+        the pipeline's sync state (None for a warehouse never loaded or wiped)."""
+        state = self.read_sync_state(pipeline_id)
+        if state is None or (state.get("schema_version") or 0) < SCHEMA_VERSION:
+            self.setup()
+            state = self.read_sync_state(pipeline_id)
+        return state
+
+    # -- the load loop ---------------------------------------------------------------------------------
+
+    def load(self, batch: Batch, state: SyncState) -> None:
+        """Merge the batch and, last, the sync state: per key, the row with the highest log_id wins."""
+        self.check_money(batch)
+        # An empty table has nothing to merge: no staging, no statement (a round trip each, on a cloud warehouse).
+        parts = [*((BY_NAME[name], data) for name, data in batch.tables.items() if data.num_rows),
+                 (SYNC_STATE, state.as_table())]
+        staged: list[Any] = []
+        with self.errors():
+            try:
+                for table, data in parts:
+                    staged.append(self.stage(table, self.arrow_in(table, data)))
+                with self.transaction():
+                    for index, ((table, _), handle) in enumerate(zip(parts, staged, strict=True)):
+                        self.merge(table, handle)
+                        if index == 0:
+                            self.fault("mid_load")
+            finally:
+                for handle in staged:
+                    self.unstage(handle)
+
+    def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
+        """The batch's Arrow table as this warehouse's bulk path takes it (e.g. money narrowed or as text)."""
+        return data
 
     def check_money(self, batch: Batch) -> None:
         """Refuse a batch holding a money value wider than this warehouse's exact type."""
@@ -235,34 +318,111 @@ class Loader(ABC):
             return
         limit = pa.scalar(10**self.money_digits, pa.decimal256(MONEY_DIGITS, 0))
         for name, data in batch.tables.items():
-            table = next(t for t in ALL_TABLES if t.name == name)
-            for column in table.money_columns:
-                values = pc.abs(data.column(column))
-                too_big = pc.greater_equal(values, limit)
+            for column in BY_NAME[name].money_columns:
+                too_big = pc.greater_equal(pc.abs(data.column(column)), limit)
                 if data.num_rows and pc.any(too_big).as_py():
-                    first = pc.index(too_big, True).as_py()
-                    row = data.slice(first, 1).to_pylist()[0]
+                    row = data.slice(pc.index(too_big, True).as_py(), 1).to_pylist()[0]
                     raise ValueOutOfRange(int(row["log_id"]), name, column, int(row[column]), self.money_digits)
 
-    @abstractmethod
-    def setup(self) -> None:
-        """Create the schema and tables if missing; safe to call on every sync."""
+    # -- reads -----------------------------------------------------------------------------------------
 
-    @abstractmethod
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """The current (deduplicated) rows of `table` for `ledger` whose key (after `ledger`) is in `keys`."""
+    def select_rows(self, table: Table, where: str = "", params: Mapping[str, Any] | None = None,
+                    columns: Sequence[str] | None = None, order: bool = True) -> list[dict[str, Any]]:
+        """Rows of `table` (deduplicated, as analysts read it), normalised to the pipeline's values."""
+        wanted = [c for c in table.columns if columns is None or c.name in columns]
+        listed = ", ".join(f"{self.dialect.selected(c.kind, self.ident(c.name))} AS {self.ident(c.name)}"
+                           for c in wanted)
+        order_by = f" ORDER BY {', '.join(self.ident(k) for k in table.key)}" if order else ""
+        with self.errors():
+            rows = self.query(f"SELECT {listed} FROM {self.relation(table)}{where}{order_by}", params)
+        return [{c.name: from_warehouse(c.kind, v) for c, v in zip(wanted, row, strict=True)} for row in rows]
 
-    @abstractmethod
-    def load(self, batch: Batch, state: SyncState) -> None:
-        """Merge the batch and the sync state: per key, the row with the highest log_id wins."""
+    def _ledger_is(self, ledger: str) -> tuple[str, dict[str, Any]]:
+        return f" WHERE {self.ident('ledger')} = {self.dialect.param('ledger', Kind.STRING)}", {"ledger": ledger}
 
-    @abstractmethod
+    def _in_list(self, column: str, kind: Kind, values: Sequence[Any], prefix: str) -> tuple[str, dict[str, Any]]:
+        names = [f"{prefix}{i}" for i in range(len(values))]
+        placeholders = ", ".join(self.dialect.param(n, kind) for n in names)
+        return f"{self.ident(column)} IN ({placeholders})", dict(zip(names, values, strict=True))
+
     def read_table(self, table: Table, ledger: str | None = None) -> pa.Table:
-        """The table as an analyst reads it (current rows only), ordered by key."""
+        """The table as an analyst reads it (current rows only), ordered by key. For tests and tools: the
+        checks never read whole tables."""
+        where, params = self._ledger_is(ledger) if ledger else ("", {})
+        return pa.Table.from_pylist(self.select_rows(table, where, params), schema=table.arrow_schema)
 
     def read_sync_state(self, pipeline_id: str) -> dict[str, Any] | None:
-        rows = [r for r in self.read_table(SYNC_STATE).to_pylist() if r["pipeline_id"] == pipeline_id]
+        """This pipeline's sync state; None if the warehouse has none (never loaded, wiped, or built before
+        the current schema: `ensure_schema` then sets it up)."""
+        where = f" WHERE {self.ident('pipeline_id')} = {self.dialect.param('pipeline_id', Kind.STRING)}"
+        try:
+            rows = self.select_rows(SYNC_STATE, where, {"pipeline_id": pipeline_id}, order=False)
+        except TransientLoadError:
+            raise
+        except LoadError:  # no such table or column yet
+            return None
         return rows[0] if rows else None
+
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """The current rows of `table` for `ledger` whose key (after `ledger`) is in `keys` (one-column keys)."""
+        [column] = [c for c in table.columns if c.name in table.key and c.name != "ledger"]
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), IN_LIST_CHUNK):
+            chunk = [k[0] for k in keys[start:start + IN_LIST_CHUNK]]
+            where, params = self._ledger_is(ledger)
+            within, values = self._in_list(column.name, column.kind, chunk, "k")
+            found += self.select_rows(table, f"{where} AND {within}", {**params, **values}, order=False)
+        return found
+
+    # -- aggregates for the checks ---------------------------------------------------------------------
+
+    def row_counts(self, ledger: str, tables: Sequence[Table]) -> dict[str, int]:
+        where, params = self._ledger_is(ledger)
+        union = " UNION ALL ".join(f"SELECT '{t.name}' AS t, COUNT(*) AS n FROM {self.relation(t)}{where}"
+                                   for t in tables)
+        with self.errors():
+            return {str(name): int(n) for name, n in self.query(union, params)}
+
+    def log_span(self, ledger: str, first: int, last: int) -> tuple[int, int, int | None, int | None]:
+        """Over logs `first..last`: (rows, distinct ids, lowest id, highest id)."""
+        where, params = self._ledger_is(ledger)
+        log_id = self.ident("id")
+        low, high = self.dialect.param("first", Kind.INT64), self.dialect.param("last", Kind.INT64)
+        with self.errors():
+            [row] = self.query(f"SELECT COUNT(*), COUNT(DISTINCT {log_id}), MIN({log_id}), MAX({log_id}) "
+                               f"FROM {self.relation(LOGS)}{where} AND {log_id} BETWEEN {low} AND {high}",
+                               {**params, "first": first, "last": last})
+        count, distinct, lowest, highest = row
+        return (int(count), int(distinct), None if lowest is None else int(lowest),
+                None if highest is None else int(highest))
+
+    def log_hash(self, ledger: str, log_id: int) -> str | None:
+        where, params = self._ledger_is(ledger)
+        rows = self.select_rows(LOGS, f"{where} AND {self.ident('id')} = {self.dialect.param('id', Kind.INT64)}",
+                                {**params, "id": log_id}, columns=["hash"], order=False)
+        return rows[0]["hash"] if rows else None
+
+    def balances(self, ledger: str, accounts: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Balance rows of `ledger`: of `accounts` only when given (what a batch touched), else all."""
+        where, params = self._ledger_is(ledger)
+        if accounts is None:
+            return self.select_rows(BALANCES, where, params, order=False)
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(accounts), IN_LIST_CHUNK):
+            within, values = self._in_list("account", Kind.STRING, accounts[start:start + IN_LIST_CHUNK], "a")
+            found += self.select_rows(BALANCES, f"{where} AND {within}", {**params, **values}, order=False)
+        return found
+
+    def asset_sums(self, ledger: str) -> dict[str, int]:
+        """Per asset, the sum of balances: two columns of the balances table, summed in the warehouse."""
+        where, params = self._ledger_is(ledger)
+        total = self.dialect.selected(Kind.MONEY, f"SUM({self.ident('balance')})")
+        with self.errors():
+            rows = self.query(f"SELECT {self.ident('asset')}, {total} FROM {self.relation(BALANCES)}{where} "
+                              f"GROUP BY {self.ident('asset')}", params)
+        return {str(asset): int(from_warehouse(Kind.MONEY, value)) for asset, value in rows}
+
+    # -- lifetime --------------------------------------------------------------------------------------
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection."""
@@ -275,8 +435,8 @@ class Loader(ABC):
 
 
 @dataclass
-class LoaderRegistry:
-    """Driver name -> loader class, imported lazily so a missing extra only matters when it is used."""
+class Drivers:
+    """Driver name -> loader class, imported lazily so a missing client library only matters when used."""
 
     modules: dict[str, str] = field(default_factory=dict)
 
@@ -294,21 +454,3 @@ class LoaderRegistry:
             ) from None
         loader: type[Loader] = getattr(module, class_name)
         return loader
-
-
-def upsert_sql(dialect: Dialect, target: str, table: Table, source: str) -> str:
-    """`INSERT … ON CONFLICT` merge, for the warehouses that have it (DuckDB, PostgreSQL).
-
-    Immutable tables ignore rows they already hold; mutable ones take the incoming row unless the row
-    they hold was written by a later log.
-    """
-    columns = ", ".join(dialect.ident(c) for c in table.column_names)
-    key = ", ".join(dialect.ident(k) for k in table.key)
-    insert = f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {source} ON CONFLICT ({key})"
-    if not table.mutable:
-        return f"{insert} DO NOTHING"
-    updates = ", ".join(
-        f"{dialect.ident(c)} = excluded.{dialect.ident(c)}" for c in table.column_names if c not in table.key
-    )
-    log_id = dialect.ident("log_id")
-    return f"{insert} DO UPDATE SET {updates} WHERE excluded.{log_id} >= {target}.{log_id}"

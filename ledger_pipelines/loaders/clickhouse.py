@@ -26,10 +26,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,9 @@ import pyarrow as pa
 from clickhouse_connect.driver import exceptions as ch_errors
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import PORT_BOUNDS, ConfigField, Dialect, Loader, SyncState, local_path
-from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, SYNC_STATE, Kind, Table
-from ledger_pipelines.transforms import Batch
+from ledger_pipelines.loaders.base import Dialect, Loader
+from ledger_pipelines.loaders.config import PORT_BOUNDS, ConfigField, local_path
+from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, Kind, Table
 
 DIALECT = Dialect(
     name="clickhouse",
@@ -49,6 +47,7 @@ DIALECT = Dialect(
     money_digits=MONEY_DIGITS,
     max_identifier_length=255,
     quote="`",
+    placeholder="{{{name}:{type}}}",
     transactional=False,
 )
 
@@ -119,63 +118,46 @@ class ClickHouseLoader(Loader):
     def close(self) -> None:
         self.client.close()
 
+    def errors(self) -> Any:
+        return translate_errors()
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self.client.command(sql, parameters=params)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return list(self.client.query(sql, parameters=params).result_rows)
+
+    def relation(self, table: Table) -> str:
+        return f"{self.qualified(table)} FINAL"
+
+    def stage(self, table: Table, data: pa.Table) -> pa.Table:
+        """No staging: the insert is the merge (ReplacingMergeTree keeps the highest log_id per key)."""
+        return data
+
+    def merge(self, table: Table, staged: pa.Table) -> None:
+        if staged.num_rows:
+            self.client.insert_arrow(table.name, staged, database=self.schema)
+
+    def create_schema_sql(self) -> str:
+        return f"CREATE DATABASE IF NOT EXISTS {self.ident(self.schema)}"
+
     def create_table_sql(self, table: Table) -> str:
         columns = []
         for c in table.columns:
             kind = self.column_type(c.kind)
-            columns.append(f"{self.dialect.ident(c.name)} {f'Nullable({kind})' if c.nullable else kind}")
-        order = ", ".join(self.dialect.ident(k) for k in table.key)
-        partition = (f" PARTITION BY toYYYYMM({self.dialect.ident(PARTITION_BY[table.name])})"
+            columns.append(f"{self.ident(c.name)} {f'Nullable({kind})' if c.nullable else kind}")
+        order = ", ".join(self.ident(k) for k in table.key)
+        partition = (f" PARTITION BY toYYYYMM({self.ident(PARTITION_BY[table.name])})"
                      if table.name in PARTITION_BY else "")
         return (f"CREATE TABLE IF NOT EXISTS {self.qualified(table)} ({', '.join(columns)}) "
-                f"ENGINE = ReplacingMergeTree({self.dialect.ident('log_id')}){partition} ORDER BY ({order})")
+                f"ENGINE = ReplacingMergeTree({self.ident('log_id')}){partition} ORDER BY ({order})")
 
-    def setup(self) -> None:
-        with translate_errors():
-            self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.dialect.ident(self.schema)}")
-            for table in ALL_TABLES:
-                self.client.command(self.create_table_sql(table))
-                view = self.qualified(f"{table.name}_final")
-                self.client.command(
-                    f"CREATE VIEW IF NOT EXISTS {view} AS SELECT * FROM {self.qualified(table)} FINAL")
+    def add_column_sql(self, table: Table, column: str) -> str:
+        kind = next(c.kind for c in table.columns if c.name == column)
+        return (f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {self.ident(column)} "
+                f"Nullable({self.column_type(kind)})")
 
-    def _select(self, table: Table, where: str, parameters: dict[str, Any]) -> pa.Table:
-        columns = ", ".join(self.dialect.ident(c) for c in table.column_names)
-        order = ", ".join(self.dialect.ident(k) for k in table.key)
-        with translate_errors():
-            result = self.client.query(
-                f"SELECT {columns} FROM {self.qualified(table)} FINAL {where} ORDER BY {order}", parameters=parameters)
-        money = set(table.money_columns)
-        rows = []
-        for values in result.result_rows:
-            row = {}
-            for name, value in zip(table.column_names, values, strict=True):
-                if name in money:
-                    value = Decimal(value)
-                elif isinstance(value, datetime) and value.tzinfo is None:
-                    value = value.replace(tzinfo=UTC)  # DateTime64(6, 'UTC') comes back naive
-                row[name] = value
-            rows.append(row)
-        return pa.Table.from_pylist(rows, schema=table.arrow_schema)
-
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        key_columns = [c for c in table.columns if c.name in table.key and c.name != "ledger"]
-        tuple_type = ", ".join(self.column_type(c.kind) for c in key_columns)
-        names = ", ".join(self.dialect.ident(c.name) for c in key_columns)
-        where = f"WHERE ledger = {{ledger:String}} AND tuple({names}) IN {{keys:Array(Tuple({tuple_type}))}}"
-        found = self._select(table, where, {"ledger": ledger, "keys": [tuple(k) for k in keys]})
-        return found.to_pylist()
-
-    def load(self, batch: Batch, state: SyncState) -> None:
-        self.check_money(batch)
-        with translate_errors():
-            for index, (name, data) in enumerate([*batch.tables.items(), (SYNC_STATE.name, state.as_table())]):
-                if data.num_rows:
-                    self.client.insert_arrow(name, data, database=self.schema)
-                if index == 0:
-                    self.fault("mid_load")
-
-    def read_table(self, table: Table, ledger: str | None = None) -> pa.Table:
-        if ledger is None:
-            return self._select(table, "", {})
-        return self._select(table, "WHERE ledger = {ledger:String}", {"ledger": ledger})
+    def after_setup(self, columns: Mapping[str, set[str]]) -> None:
+        for table in ALL_TABLES:
+            self.execute(f"CREATE OR REPLACE VIEW {self.qualified(f'{table.name}_final')} AS "
+                         f"SELECT * FROM {self.qualified(table)} FINAL")

@@ -1,9 +1,8 @@
 """DuckDB: the embedded default warehouse.
 
 - Bulk path: Arrow tables are scanned in place by DuckDB (registered as views), no row-by-row inserts.
-- Merge, without indexes: append-only tables insert the staged rows whose key is absent (anti-join);
-  current-state tables delete the rows the staged ones supersede (same key, `log_id` not higher) and insert
-  the staged rows whose key is then absent. The whole batch and the sync state are one DuckDB transaction.
+- Merge, without indexes: the shared delete-superseded + insert-absent (`base.Loader.merge_statements`), which
+  DuckDB plans as hash anti-joins. The whole batch and the sync state are one DuckDB transaction.
   Keys are not declared: DuckDB maintains a PRIMARY KEY with an ART index that made these loads 5 to 10
   times slower (measured on 400k moves); uniqueness comes from the merge and is proven by the asset checks.
 - Money: DECIMAL(38,0), DuckDB's widest exact type (Arrow's decimal256 is cast to decimal128 on the way
@@ -17,7 +16,7 @@ A DuckDB file admits one writing process at a time, so the loader opens it per s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,32 +25,20 @@ import duckdb
 import pyarrow as pa
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import ConfigField, Dialect, Loader, SyncState, local_path
-from ledger_pipelines.tables import ALL_TABLES, BY_NAME, MONEY_DIGITS, SYNC_STATE, Kind, Table
-from ledger_pipelines.transforms import Batch
+from ledger_pipelines.loaders.base import Dialect, Loader
+from ledger_pipelines.loaders.config import ConfigField, local_path
+from ledger_pipelines.tables import BY_NAME, MONEY_DIGITS, Kind, Table
 
 DIALECT = Dialect(
     name="duckdb",
     types={Kind.STRING: "VARCHAR", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
            Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.JSON: "JSON", Kind.MONEY: "DECIMAL(38,0)"},
     money_digits=38,
+    placeholder="${name}",
     declare_primary_keys=False,
 )
 ARROW_MONEY = pa.decimal128(38, 0)
 MONEY_TEXT = "VARCHAR"
-
-
-def merge_sql(target: str, table: Table, staged: str) -> list[str]:
-    """Index-free merge: per key the row with the highest log_id wins, ties to the incoming row."""
-    key = ", ".join(DIALECT.ident(k) for k in table.key)
-    columns = ", ".join(DIALECT.ident(c) for c in table.column_names)
-    insert_absent = f"INSERT INTO {target} ({columns}) SELECT s.* FROM {staged} s ANTI JOIN {target} t USING ({key})"
-    if not table.mutable:
-        return [insert_absent]
-    matches = " AND ".join(f"{target}.{DIALECT.ident(k)} = s.{DIALECT.ident(k)}" for k in table.key)
-    log_id = DIALECT.ident("log_id")
-    supersede = f"DELETE FROM {target} USING {staged} s WHERE {matches} AND {target}.{log_id} <= s.{log_id}"
-    return [supersede, insert_absent]
 
 
 @contextmanager
@@ -112,6 +99,34 @@ class DuckDBLoader(Loader):
     def close(self) -> None:
         self.con.close()
 
+    def errors(self) -> Any:
+        return translate_errors()
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self.con.execute(sql, params or {})
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql, params or {}).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.begin()
+        try:
+            yield
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+
+    def stage(self, table: Table, data: pa.Table) -> str:
+        """DuckDB scans the Arrow table in place: no copy, no staging table."""
+        name = f"staged_{table.name}"
+        self.con.register(name, data)
+        return name
+
+    def unstage(self, staged: str) -> None:
+        self.con.unregister(staged)
+
     @property
     def money_as_text(self) -> bool:
         return bool(self.config["money"] == "text")
@@ -128,23 +143,17 @@ class DuckDBLoader(Loader):
     def column_type(self, kind: Kind) -> str:
         return MONEY_TEXT if kind is Kind.MONEY and self.money_as_text else super().column_type(kind)
 
-    def setup(self) -> None:
+    def after_setup(self, columns: Mapping[str, set[str]]) -> None:
+        """The money setting may have changed since the tables were made: convert them in place."""
         money = self.column_type(Kind.MONEY)
-        with translate_errors():
-            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.ident(self.schema)}")
-            for table in ALL_TABLES:
-                self.con.execute(self.create_table_sql(table))
-            # The money setting may have changed since the tables were made: convert them in place.
-            found = self.con.execute(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = ?",
-                [self.schema]).fetchall()
-            for name, column, data_type in found:
-                table = BY_NAME.get(name)
-                if table and column in table.money_columns and data_type != money:
-                    self.con.execute(f"ALTER TABLE {self.qualified(table)} ALTER COLUMN {self.dialect.ident(column)} "
-                                     f"TYPE {money}")
+        found = self.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                           "WHERE table_schema = $schema", {"schema": self.schema})
+        for name, column, data_type in found:
+            table = BY_NAME.get(name)
+            if table and column in table.money_columns and data_type != money:
+                self.execute(f"ALTER TABLE {self.qualified(table)} ALTER COLUMN {self.ident(column)} TYPE {money}")
 
-    def _arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
+    def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits), or
         turn them into their exact digits when money is stored as text."""
         target = pa.string() if self.money_as_text else ARROW_MONEY
@@ -154,9 +163,10 @@ class DuckDBLoader(Loader):
         return data
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """One join against the wanted keys, scanned from Arrow: faster than IN lists for large batches."""
         key_columns = [k for k in table.key if k != "ledger"]
         wanted = pa.table({name: [k[i] for k in keys] for i, name in enumerate(key_columns)})
-        join = " AND ".join(f"t.{self.dialect.ident(k)} = w.{self.dialect.ident(k)}" for k in key_columns)
+        join = " AND ".join(f"t.{self.ident(k)} = w.{self.ident(k)}" for k in key_columns)
         with translate_errors():
             self.con.register("wanted_keys", wanted)
             try:
@@ -168,29 +178,11 @@ class DuckDBLoader(Loader):
                 self.con.unregister("wanted_keys")
         return result.to_pylist()
 
-    def load(self, batch: Batch, state: SyncState) -> None:
-        self.check_money(batch)
-        with translate_errors():
-            self.con.begin()
-            try:
-                for index, (name, data) in enumerate([*batch.tables.items(), (SYNC_STATE.name, state.as_table())]):
-                    table = next(t for t in ALL_TABLES if t.name == name)
-                    self.con.register("staged", self._arrow_in(table, data))
-                    try:
-                        for statement in merge_sql(self.qualified(table), table, "staged"):
-                            self.con.execute(statement)
-                    finally:
-                        self.con.unregister("staged")
-                    if index == 0:
-                        self.fault("mid_load")
-                self.con.commit()
-            except BaseException:
-                self.con.rollback()
-                raise
-
-    def read_table(self, table: Table, ledger: str | None = None) -> pa.Table:
-        order = ", ".join(self.dialect.ident(k) for k in table.key)
-        where, params = ("WHERE ledger = ?", [ledger]) if ledger else ("", [])
-        with translate_errors():
-            return self.con.sql(f"SELECT * FROM {self.qualified(table)} {where} ORDER BY {order}",
-                                params=params).to_arrow_table()
+    def asset_sums(self, ledger: str) -> dict[str, int]:
+        if not self.money_as_text:
+            return super().asset_sums(ledger)
+        # Text money may be wider than any DuckDB number: sum exactly in Python (a setting for wide values).
+        sums: dict[str, int] = {}
+        for row in self.balances(ledger):
+            sums[row["asset"]] = sums.get(row["asset"], 0) + int(row["balance"])
+        return sums

@@ -1,7 +1,7 @@
 """PostgreSQL as a warehouse.
 
 - Bulk path: each Arrow table is written as CSV by Arrow's C++ writer and streamed with `COPY … FROM STDIN`
-  into a temporary staging table (`LIKE` the target), never row by row.
+  into a temporary staging table typed like the target, never row by row.
 - Merge: `INSERT INTO target SELECT … FROM staging ON CONFLICT (key) DO UPDATE … WHERE excluded.log_id >=
   target.log_id`; every table and the sync state in one transaction.
 - Money: NUMERIC(76,0): exact, as wide as the pipeline's Arrow decimal256 carries.
@@ -12,7 +12,7 @@ The password is never stored: the config names an environment variable (`{"passw
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,29 +22,40 @@ import pyarrow.csv as pa_csv
 from psycopg.conninfo import conninfo_to_dict
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import PORT_BOUNDS, ConfigField, Dialect, Loader, SyncState, upsert_sql
-from ledger_pipelines.tables import ALL_TABLES, SYNC_STATE, Kind, Table
-from ledger_pipelines.transforms import Batch
+from ledger_pipelines.loaders.base import Dialect, Loader, from_warehouse
+from ledger_pipelines.loaders.config import PORT_BOUNDS, ConfigField
+from ledger_pipelines.tables import Kind, Table
 
 DIALECT = Dialect(
     name="postgres",
     types={Kind.STRING: "TEXT", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
            Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.JSON: "JSONB", Kind.MONEY: "NUMERIC(76,0)"},
     money_digits=76,
+    select_casts={Kind.JSON: "{}::text", Kind.MONEY: "{}::text"},
 )
 CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})  # libpq parameters that carry a secret
 
 
 @contextmanager
-def translate_errors() -> Iterator[None]:
-    """The one place psycopg's exceptions become pipeline errors."""
+def translate_errors(driver: str = "postgres") -> Iterator[None]:
+    """The one place psycopg's exceptions become pipeline errors (for PostgreSQL and Redshift)."""
     try:
         yield
     except psycopg.OperationalError as exc:
-        raise TransientLoadError(f"postgres: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
+        said = str(exc).strip()
+        raise TransientLoadError(f"{driver}: {said.splitlines()[0] if said else exc}") from exc
     except psycopg.Error as exc:
-        raise LoadError(f"postgres: {str(exc).strip()}") from exc
+        raise LoadError(f"{driver}: {str(exc).strip()}") from exc
+
+
+def copy_csv(conn: psycopg.Connection, relation: str, data: pa.Table, quote: Any) -> None:
+    """Arrow's C++ CSV writer into one `COPY … FROM STDIN`: the bulk path where no object store sits between."""
+    columns = ", ".join(quote(c) for c in data.column_names)
+    buffer = io.BytesIO()
+    pa_csv.write_csv(data, buffer, CSV_OPTIONS)
+    with conn.cursor().copy(f"COPY {relation} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+        copy.write(buffer.getbuffer())
 
 
 class PostgresLoader(Loader):
@@ -85,69 +96,67 @@ class PostgresLoader(Loader):
             params["dbname"] = self.config["database"]
         if "password" in self.config:
             params["password"] = self.secret("password")
-        with translate_errors():
+        with translate_errors(self.driver):
             self.conn = psycopg.connect(self.config.get("dsn", ""), autocommit=True, **params)
             self.conn.execute("SET TIME ZONE 'UTC'")
 
     def close(self) -> None:
         self.conn.close()
 
-    def setup(self) -> None:
-        with translate_errors(), self.conn.transaction():
-            self.conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.ident(self.schema)}")
-            for table in ALL_TABLES:
-                self.conn.execute(self.create_table_sql(table))
+    def errors(self) -> Any:
+        return translate_errors(self.driver)
 
-    def _temp_copy(self, name: str, source: Table, data: pa.Table) -> str:
-        """A temporary table (dropped at commit) typed like `source`'s columns in `data`, filled by one CSV COPY."""
-        temp = self.dialect.ident(name)
-        columns = ", ".join(self.dialect.ident(c) for c in data.column_names)
-        # Typed from the target, without its NOT NULL constraints (key-only tables leave the rest empty).
-        self.conn.execute(f"CREATE TEMP TABLE {temp} ON COMMIT DROP AS "
-                          f"SELECT {columns} FROM {self.qualified(source)} WITH NO DATA")
-        buffer = io.BytesIO()
-        pa_csv.write_csv(data, buffer, CSV_OPTIONS)
-        with self.conn.cursor().copy(f"COPY {temp} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-            copy.write(buffer.getbuffer())
-        return temp
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self.conn.execute(sql, params)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.conn.transaction():
+            yield
+
+    def stage(self, table: Table, data: pa.Table) -> str:
+        """A temporary table typed like the target's columns (without its NOT NULLs), filled by one CSV COPY."""
+        staged = self.ident(f"staged_{table.name}")
+        self.conn.execute(f"DROP TABLE IF EXISTS {staged}")  # left by a load that died before unstaging
+        columns = ", ".join(self.ident(c) for c in data.column_names)
+        self.conn.execute(f"CREATE TEMP TABLE {staged} AS SELECT {columns} FROM {self.qualified(table)} WITH NO DATA")
+        copy_csv(self.conn, staged, data, self.ident)
+        return staged
+
+    def unstage(self, staged: str) -> None:
+        self.conn.execute(f"DROP TABLE IF EXISTS {staged}")
+
+    def merge_statements(self, table: Table, staged: str) -> list[str]:
+        """`INSERT … ON CONFLICT` on the declared key: one statement where the shared shape takes two.
+
+        Immutable tables ignore rows they already hold; mutable ones take the incoming row unless the row
+        they hold was written by a later log.
+        """
+        target = self.qualified(table)
+        columns = ", ".join(self.ident(c) for c in table.column_names)
+        key = ", ".join(self.ident(k) for k in table.key)
+        insert = f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {staged} ON CONFLICT ({key})"
+        if not table.mutable:
+            return [f"{insert} DO NOTHING"]
+        updates = ", ".join(f"{self.ident(c)} = excluded.{self.ident(c)}"
+                            for c in table.column_names if c not in table.key)
+        log_id = self.ident("log_id")
+        return [f"{insert} DO UPDATE SET {updates} WHERE excluded.{log_id} >= {target}.{log_id}"]
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """One join against the wanted keys, copied into a temporary table."""
         key_columns = [k for k in table.key if k != "ledger"]
         wanted = pa.table({name: [k[i] for k in keys] for i, name in enumerate(key_columns)})
-        join = " AND ".join(f"t.{self.dialect.ident(k)} = w.{self.dialect.ident(k)}" for k in key_columns)
-        with translate_errors(), self.conn.transaction():
-            wanted_keys = self._temp_copy("wanted_keys", table, wanted)
-            columns = ", ".join(f"t.{self.dialect.ident(c)}" for c in table.column_names)
-            cursor = self.conn.execute(
-                f"SELECT {columns} FROM {self.qualified(table)} t JOIN {wanted_keys} w ON {join} WHERE t.ledger = %s",
-                (ledger,),
-            )
-            return [dict(zip(table.column_names, _plain(row), strict=True)) for row in cursor.fetchall()]
-
-    def load(self, batch: Batch, state: SyncState) -> None:
-        self.check_money(batch)
-        with translate_errors(), self.conn.transaction():
-            for index, (name, data) in enumerate([*batch.tables.items(), (SYNC_STATE.name, state.as_table())]):
-                table = next(t for t in ALL_TABLES if t.name == name)
-                staging = self._temp_copy(f"staging_{table.name}", table, data)
-                self.conn.execute(upsert_sql(self.dialect, self.qualified(table), table, staging))
-                if index == 0:
-                    self.fault("mid_load")
-
-    def read_table(self, table: Table, ledger: str | None = None) -> pa.Table:
-        order = ", ".join(self.dialect.ident(k) for k in table.key)
-        columns = ", ".join(self.dialect.ident(c) for c in table.column_names)
-        where, params = ("WHERE ledger = %s", (ledger,)) if ledger else ("", ())
-        with translate_errors():
-            rows = self.conn.execute(
-                f"SELECT {columns} FROM {self.qualified(table)} {where} ORDER BY {order}", params
-            ).fetchall()
-        return pa.Table.from_pylist([dict(zip(table.column_names, _plain(r), strict=True)) for r in rows],
-                                    schema=table.arrow_schema)
-
-
-def _plain(row: Sequence[Any]) -> list[Any]:
-    """JSONB comes back parsed; the pipeline carries JSON as text."""
-    import json
-
-    return [json.dumps(v, sort_keys=True, ensure_ascii=False) if isinstance(v, dict | list) else v for v in row]
+        join = " AND ".join(f"t.{self.ident(k)} = w.{self.ident(k)}" for k in key_columns)
+        columns = ", ".join(f"{self.dialect.selected(c.kind, f't.{self.ident(c.name)}')}" for c in table.columns)
+        with translate_errors(self.driver), self.conn.transaction():
+            self.conn.execute(f"CREATE TEMP TABLE wanted_keys ON COMMIT DROP AS SELECT "
+                              f"{', '.join(self.ident(k) for k in key_columns)} FROM {self.qualified(table)} "
+                              "WITH NO DATA")
+            copy_csv(self.conn, "wanted_keys", wanted, self.ident)
+            rows = self.conn.execute(f"SELECT {columns} FROM {self.qualified(table)} t JOIN wanted_keys w ON {join} "
+                                     "WHERE t.ledger = %(ledger)s", {"ledger": ledger}).fetchall()
+        return [{c.name: from_warehouse(c.kind, v) for c, v in zip(table.columns, row, strict=True)} for row in rows]

@@ -74,7 +74,16 @@ def test_checks_fail_with_first_differences_when_the_warehouse_is_tampered(insta
     assert materialize(instance, resources, pipeline.name).success
     with duckdb.connect(str(tmp_path / "tampered.duckdb")) as wh:
         wh.execute("UPDATE ledger.balances SET balance = balance + 1, input = input + 1 WHERE account = 'alice'")
+    # A sync with nothing new checks what it loaded (nothing) plus the warehouse-wide sums: the sums catch it.
     result = materialize(instance, resources, pipeline.name)
+    failed = {c.check_name: c for c in result.get_asset_check_evaluations() if not c.passed}
+    assert set(failed) == {"asset_sums_zero"}
+    assert failed["asset_sums_zero"].metadata["first_differences"].value == [{"asset": "USD/2", "sum": "1"}]
+    # The full check (every balance) names the account.
+    from dagster_project.definitions import defs
+
+    result = defs.resolve_job_def("check_pipeline").execute_in_process(
+        partition_key=pipeline.name, instance=instance, resources=resources)
     failed = {c.check_name: c for c in result.get_asset_check_evaluations() if not c.passed}
     assert set(failed) == {"balances_match", "asset_sums_zero"}
     assert failed["balances_match"].severity == dg.AssetCheckSeverity.ERROR

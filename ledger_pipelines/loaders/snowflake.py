@@ -1,0 +1,158 @@
+"""Snowflake, through snowflake-connector-python.
+
+- Bulk path: `write_pandas` into a temporary staging table per warehouse table: the connector writes
+  Parquet, `PUT`s it to the table's stage and runs `COPY INTO … MATCH_BY_COLUMN_NAME` (the documented bulk
+  path; called through its module, `pandas_tools.write_pandas`).
+- Merge: the shared delete-superseded + insert-absent inside `BEGIN … COMMIT`. Staging happens before
+  `BEGIN`: DDL such as `CREATE TEMPORARY TABLE` commits an open transaction in Snowflake.
+- Names fold to upper case (Snowflake's rule for unquoted identifiers): tables and columns are created as
+  `LEDGER.BALANCES` / `BALANCE`, so analysts write `select balance from ledger.balances` without quotes.
+- Money: NUMBER(38,0); wider values stop the pipeline (VALUE_OUT_OF_RANGE). JSON: VARIANT, filled with
+  `PARSE_JSON` from staged text.
+- Credentials by environment variable only: `password`, or key-pair auth with `private_key_path` (a PEM file)
+  and `private_key_passphrase`.
+- The local stand-in (fakesnow, DuckDB underneath) stores NUMBER(38,0) as BIGINT, so values of 2^63 and
+  more cannot round-trip there; the contract suite skips those cases on it and `make check-cloud` runs them
+  against a real account (`LEDGER_CHECK_SNOWFLAKE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import snowflake.connector
+from snowflake.connector import errors as sf_errors
+from snowflake.connector import pandas_tools
+
+from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
+from ledger_pipelines.loaders.base import Dialect, Fold, Loader
+from ledger_pipelines.loaders.config import ConfigField, local_path
+from ledger_pipelines.tables import Kind, Table
+
+DIALECT = Dialect(
+    name="snowflake",
+    types={Kind.STRING: "VARCHAR", Kind.INT32: "NUMBER(10,0)", Kind.INT64: "NUMBER(19,0)", Kind.BOOL: "BOOLEAN",
+           Kind.TIMESTAMP: "TIMESTAMP_TZ", Kind.JSON: "VARIANT", Kind.MONEY: "NUMBER(38,0)"},
+    money_digits=38,
+    max_identifier_length=255,
+    fold=Fold.UPPER,
+    staging_types={Kind.JSON: "VARCHAR"},
+    insert_casts={Kind.JSON: "PARSE_JSON({})"},
+    select_casts={Kind.JSON: "TO_JSON({})", Kind.MONEY: "CAST({} AS VARCHAR)"},
+)
+ARROW_MONEY = pa.decimal128(38, 0)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """The one place the connector's exceptions become pipeline errors."""
+    try:
+        yield
+    except (sf_errors.OperationalError, sf_errors.InterfaceError) as exc:  # network, timeouts, throttling
+        raise TransientLoadError(f"snowflake: {exc}") from exc
+    except sf_errors.Error as exc:  # SQL, permissions, a missing object: not fixed by retrying
+        raise LoadError(f"snowflake: {exc}") from exc
+
+
+class SnowflakeLoader(Loader):
+    driver = "snowflake"
+    dialect = DIALECT
+    config_fields = (
+        ConfigField("account", str, required=True),
+        ConfigField("user", str, required=True),
+        ConfigField("password", str, secret=True),
+        ConfigField("private_key_path", str),
+        ConfigField("private_key_passphrase", str, secret=True),
+        ConfigField("database", str, required=True),
+        ConfigField("schema", str, default="ledger"),
+        ConfigField("warehouse", str),
+        ConfigField("role", str),
+    )
+
+    @classmethod
+    def validate(cls, config: Any) -> dict[str, Any]:
+        checked = super().validate(config)
+        if ("password" in checked) == ("private_key_path" in checked):
+            raise InvalidExporterConfig(cls.driver, "give 'password' ({\"env\": …}) or 'private_key_path' "
+                                                    "(key-pair auth), one of them")
+        for key in ("account", "database", "warehouse", "role"):
+            if key in checked and not checked[key].strip():
+                raise InvalidExporterConfig(cls.driver, f"'{key}' must not be empty")
+        return checked
+
+    @classmethod
+    def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+        if "private_key_path" not in config:
+            return config
+        path = local_path(cls.driver, "private_key_path", config["private_key_path"], base_dir)
+        if not Path(path).is_file():
+            raise InvalidExporterConfig(cls.driver, f"'private_key_path': no file at {path!r}")
+        return {**config, "private_key_path": path}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        params = {k: self.config[k] for k in ("account", "user", "database", "warehouse", "role") if k in self.config}
+        if "password" in self.config:
+            params["password"] = self.secret("password")
+        else:
+            params["private_key_file"] = self.config["private_key_path"]
+            if "private_key_passphrase" in self.config:
+                params["private_key_file_pwd"] = self.secret("private_key_passphrase")
+        with translate_errors():
+            self.conn = snowflake.connector.connect(schema=self._folded(self.schema), timezone="UTC", **params)
+            self.cursor = self.conn.cursor()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def errors(self) -> Any:
+        return translate_errors()
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self.cursor.execute(sql, params)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return list(self.cursor.execute(sql, params).fetchall())  # type: ignore[union-attr]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.cursor.execute("BEGIN")
+        try:
+            yield
+            self.cursor.execute("COMMIT")
+        except BaseException:
+            self.cursor.execute("ROLLBACK")
+            raise
+
+    def after_setup(self, columns: Mapping[str, set[str]]) -> None:
+        self.execute(f"USE SCHEMA {self.ident(self.schema)}")  # temporary staging tables live in it
+
+    def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
+        """Upper-case column names (as created), and decimal128 money (values were checked against 38 digits)."""
+        for column in table.money_columns:
+            index = data.schema.get_field_index(column)
+            data = data.set_column(index, pa.field(column, ARROW_MONEY), data.column(column).cast(ARROW_MONEY))
+        return data.rename_columns([self._folded(c) for c in data.column_names])
+
+    def create_staging_sql(self, table: Table, staged: str) -> str:
+        columns = ", ".join(f"{self.ident(c.name)} {self.staging_type(c.kind)}" for c in table.columns)
+        return f"CREATE TEMPORARY TABLE {staged} ({columns})"
+
+    def stage(self, table: Table, data: pa.Table) -> str:
+        name = self._folded(f"staged_{table.name}")
+        staged = self.ident(f"staged_{table.name}")
+        self.execute(f"DROP TABLE IF EXISTS {staged}")
+        self.execute(self.create_staging_sql(table, staged))
+        if data.num_rows:
+            ok, _, _, _ = pandas_tools.write_pandas(self.conn, data.to_pandas(), name, quote_identifiers=True,
+                                                    auto_create_table=False, use_logical_type=True)
+            if not ok:
+                raise LoadError(f"snowflake: COPY INTO {name} reported a failure")
+        return staged
+
+    def unstage(self, staged: str) -> None:
+        self.execute(f"DROP TABLE IF EXISTS {staged}")

@@ -1,0 +1,113 @@
+"""Golden tests of what the cloud loaders send on the paths no local stand-in runs (S3 COPY, BigQuery's staging
+types, its transaction script, Snowflake's folded names), and of the shared merge shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ledger_pipelines.errors import InvalidExporterConfig
+from ledger_pipelines.loaders import DRIVERS
+from ledger_pipelines.loaders.base import Loader
+from ledger_pipelines.loaders.bigquery import BigQueryLoader, script
+from ledger_pipelines.loaders.redshift import RedshiftLoader, copy_from_s3_sql
+from ledger_pipelines.loaders.snowflake import SnowflakeLoader
+from ledger_pipelines.tables import ACCOUNTS, BALANCES, LOGS
+
+REDSHIFT = {"host": "cluster.example", "database": "dev", "user": "loader", "password": {"env": "RS_PASSWORD"},
+            "s3_bucket": "ledger-stage", "iam_role": "arn:aws:iam::123456789012:role/ledger-copy",
+            "region": "eu-west-1"}
+
+
+def offline(cls: type[Loader], config: dict[str, Any]) -> Any:
+    """A loader with its config checked and no connection: what it would generate."""
+    loader = cls.__new__(cls)
+    Loader.__init__(loader, config, {})
+    if cls is BigQueryLoader:
+        loader.schema = loader.config["dataset"]
+    return loader
+
+
+def test_redshift_copies_parquet_from_s3_with_its_role():
+    assert copy_from_s3_sql('"staged_balances"', ['"ledger"', '"account"'], "s3://ledger-stage/p/b.parquet",
+                            REDSHIFT["iam_role"], "eu-west-1") == (
+        """COPY "staged_balances" ("ledger", "account") FROM 's3://ledger-stage/p/b.parquet' """
+        "IAM_ROLE 'arn:aws:iam::123456789012:role/ledger-copy' FORMAT AS PARQUET SERIALIZETOJSON REGION 'eu-west-1'")
+
+
+def test_redshift_tables_staging_and_merge():
+    loader = offline(RedshiftLoader, REDSHIFT)
+    assert loader.config["port"] == 5439 and loader.config["sslmode"] == "require"
+    assert loader.create_table_sql(ACCOUNTS) == (
+        'CREATE TABLE IF NOT EXISTS "ledger"."accounts" ("ledger" VARCHAR(65535) NOT NULL, "address" VARCHAR(65535) '
+        'NOT NULL, "metadata" SUPER NOT NULL, "first_usage" TIMESTAMPTZ, "last_update" TIMESTAMPTZ NOT NULL, '
+        '"log_id" BIGINT NOT NULL, PRIMARY KEY ("ledger", "address"))')
+    assert loader.create_staging_sql(ACCOUNTS, '"staged_accounts"') == (
+        'CREATE TEMP TABLE "staged_accounts" ("ledger" VARCHAR(65535), "address" VARCHAR(65535), '
+        '"metadata" VARCHAR(65535), "first_usage" TIMESTAMPTZ, "last_update" TIMESTAMPTZ, "log_id" BIGINT)')
+    delete, insert = loader.merge_statements(ACCOUNTS, '"staged_accounts"')
+    assert delete == ('DELETE FROM "ledger"."accounts" USING "staged_accounts" s WHERE "ledger"."accounts"."ledger" = '
+                      's."ledger" AND "ledger"."accounts"."address" = s."address" AND "ledger"."accounts"."log_id" <= '
+                      's."log_id"')
+    assert insert == (
+        'INSERT INTO "ledger"."accounts" ("ledger", "address", "metadata", "first_usage", "last_update", "log_id") '
+        'SELECT s."ledger", s."address", JSON_PARSE(s."metadata"), s."first_usage", s."last_update", s."log_id" '
+        'FROM "staged_accounts" s WHERE NOT EXISTS (SELECT 1 FROM "ledger"."accounts" t WHERE t."ledger" = '
+        's."ledger" AND t."address" = s."address")')
+    assert loader.merge_statements(LOGS, "s")[0].startswith('INSERT INTO "ledger"."logs"')  # append-only: no delete
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"s3_bucket": None}, "S3 staging needs 's3_bucket'"),
+    ({"iam_role": "ledger-copy"}, "'iam_role' is a role ARN"),
+    ({"s3_bucket": "s3://ledger-stage"}, "bucket name"),
+    ({"staging": "scp"}, "'staging' is 's3'"),
+    ({"password": "hunter2"}, "is a secret"),
+])
+def test_redshift_configs_refused_in_one_line(change, said):
+    config = {k: v for k, v in {**REDSHIFT, **change}.items() if v is not None}
+    with pytest.raises(InvalidExporterConfig, match=said):
+        DRIVERS.get("redshift").validate(config)
+
+
+def test_snowflake_names_fold_to_upper_case_and_json_goes_through_parse_json():
+    loader = offline(SnowflakeLoader, {"account": "xy12345.eu-west-1", "user": "loader", "database": "analytics",
+                                       "password": {"env": "SF_PASSWORD"}})
+    assert loader.qualified(BALANCES) == '"LEDGER"."BALANCES"'
+    assert loader.create_table_sql(BALANCES).startswith(
+        'CREATE TABLE IF NOT EXISTS "LEDGER"."BALANCES" ("LEDGER" VARCHAR NOT NULL, "ACCOUNT" VARCHAR NOT NULL, '
+        '"ASSET" VARCHAR NOT NULL, "INPUT" NUMBER(38,0) NOT NULL')
+    insert = loader.insert_absent_sql(ACCOUNTS, '"STAGED_ACCOUNTS"')
+    assert 'PARSE_JSON(s."METADATA")' in insert and insert.startswith('INSERT INTO "LEDGER"."ACCOUNTS" ("LEDGER"')
+    assert loader.create_staging_sql(ACCOUNTS, '"STAGED_ACCOUNTS"').startswith(
+        'CREATE TEMPORARY TABLE "STAGED_ACCOUNTS" ("LEDGER" VARCHAR, "ADDRESS" VARCHAR, "METADATA" VARCHAR')
+    with pytest.raises(InvalidExporterConfig, match="one of them"):
+        DRIVERS.get("snowflake").validate({"account": "a", "user": "u", "database": "d"})
+
+
+def test_bigquery_stages_money_as_digits_and_merges_in_one_transaction():
+    loader = offline(BigQueryLoader, {"project": "acme-analytics", "dataset": "ledger", "location": "EU"})
+    assert loader.create_schema_sql() == ("CREATE SCHEMA IF NOT EXISTS `acme-analytics`.`ledger` "
+                                          "OPTIONS (location = 'EU')")
+    assert loader.create_table_sql(BALANCES) == (
+        "CREATE TABLE IF NOT EXISTS `acme-analytics`.`ledger`.`balances` (`ledger` STRING NOT NULL, `account` STRING "
+        "NOT NULL, `asset` STRING NOT NULL, `input` BIGNUMERIC(38, 0) NOT NULL, `output` BIGNUMERIC(38, 0) NOT NULL, "
+        "`balance` BIGNUMERIC(38, 0) NOT NULL, `log_id` INT64 NOT NULL) CLUSTER BY `ledger`, `account`, `asset`")
+    fields = {f.name: f.field_type for f in loader.load_job_config(BALANCES).schema}
+    assert fields == {"ledger": "STRING", "account": "STRING", "asset": "STRING", "input": "STRING",
+                      "output": "STRING", "balance": "STRING", "log_id": "INT64"}
+    delete, insert = loader.merge_statements(BALANCES, "`s`")
+    assert delete == ("DELETE FROM `acme-analytics`.`ledger`.`balances` AS t WHERE EXISTS (SELECT 1 FROM `s` s WHERE "
+                      "t.`ledger` = s.`ledger` AND t.`account` = s.`account` AND t.`asset` = s.`asset` AND "
+                      "t.`log_id` <= s.`log_id`)")
+    assert "CAST(s.`balance` AS BIGNUMERIC)" in insert
+    assert script([delete, insert]) == f"BEGIN TRANSACTION;\n{delete};\n{insert};\nCOMMIT TRANSACTION;"
+    with pytest.raises(InvalidExporterConfig, match="'project' is a project id"):
+        DRIVERS.get("bigquery").validate({"project": "acme.analytics"})
+
+
+def test_every_driver_is_listed_and_loads():
+    assert sorted(DRIVERS.modules) == ["bigquery", "clickhouse", "duckdb", "postgres", "redshift", "snowflake"]
+    for driver in DRIVERS.modules:
+        assert DRIVERS.get(driver).driver == driver
