@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -13,8 +14,16 @@ import psycopg
 
 from ledger_core.requests import parse_json
 from ledger_pipelines import registry
-from ledger_pipelines.errors import PipelineError
-from ledger_pipelines.sync import DEFAULT_BATCH_SIZE, SyncFailure, SyncReport, follow, sync_all, sync_pipeline
+from ledger_pipelines.errors import ChecksFailed, PipelineError
+from ledger_pipelines.sync import (
+    DEFAULT_BATCH_SIZE,
+    SyncFailure,
+    SyncReport,
+    follow,
+    sync_all,
+    sync_pipeline,
+    verify_pipeline,
+)
 
 
 class ProgressBar:
@@ -145,6 +154,18 @@ def register(context: Any) -> None:
         """Every sync attempt of a pipeline, newest first: who ran it, logs and rows, outcome and error."""
         with db() as conn:
             emit([run.to_json() for run in registry.sync_history(conn, pipeline_id, limit=limit)])
+
+    @pipelines.command("verify")
+    @click.argument("pipeline_id", metavar="PIPELINE")
+    @handles_errors
+    def pipelines_verify(pipeline_id: str) -> None:
+        """Prove the warehouse equals the ledger at the pipeline's cursor: every balance, without syncing.
+        Exits 1 when a check fails (freshness only warns)."""
+        checks = verify_pipeline(database_url(), pipeline_id, environ=dict(os.environ))
+        emit([asdict(c) for c in checks])
+        failed = [c.name for c in checks if not c.passed and c.name != "freshness"]
+        if failed:
+            raise ChecksFailed(pipeline_id, failed)
 
     @pipelines.command("start")
     @click.argument("pipeline_id", metavar="PIPELINE")

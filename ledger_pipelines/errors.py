@@ -199,3 +199,15 @@ class TransientLoadError(LoadError):
     """The warehouse could not be reached or timed out; retrying later may succeed."""
 
     error_code = "LOAD_TRANSIENT"
+
+
+class ChecksFailed(PipelineError):
+    """The warehouse differs from the ledger at the pipeline's cursor (the checks say where)."""
+
+    error_code = "CHECK_FAILED"
+
+    def __init__(self, pipeline_id: str, failed: list[str]):
+        super().__init__(f"pipeline '{pipeline_id}': {len(failed)} check(s) failed: {', '.join(failed)}; their "
+                         "first_differences are above")
+        self.pipeline_id = pipeline_id
+        self.failed = failed

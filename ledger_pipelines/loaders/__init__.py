@@ -1,15 +1,15 @@
 """Warehouse loaders: one module per destination, one interface (`base.Loader`).
 
-How each of the six destinations loads (built ones are marked ✔):
+How each of the six warehouses loads; the loop itself is `base.Loader.load`, once:
 
-| driver | bulk path | merge strategy | money type |
+| driver | bulk path | merge | money type |
 |---|---|---|---|
-| duckdb ✔ | Arrow tables scanned in place | `INSERT … ON CONFLICT DO UPDATE WHERE newer log_id`, one transaction | DECIMAL(38,0) |
-| postgres ✔ | Arrow → CSV → `COPY` into a temp staging table | `INSERT … SELECT … ON CONFLICT DO UPDATE WHERE newer log_id`, one transaction | NUMERIC(76,0) |
-| clickhouse ✔ | Arrow inserts through clickhouse-connect, large blocks | ReplacingMergeTree(log_id): the highest version wins at merge time; analysts read with FINAL / dedup views | Int256 |
-| bigquery | load job from Arrow/Parquet into a staging table | `MERGE … WHEN MATCHED AND S.log_id >= T.log_id`, multi-statement transaction | BIGNUMERIC(76,0) |
-| snowflake | `write_pandas` (Parquet + COPY INTO) into a staging table | `MERGE INTO … WHEN MATCHED AND S.log_id >= T.log_id`, one transaction | NUMBER(38,0) |
-| redshift | Parquet to S3, `COPY … FORMAT PARQUET` into a staging table | `MERGE` from staging (or delete+insert), one transaction | DECIMAL(38,0) |
+| duckdb | Arrow tables scanned in place | delete-superseded + insert-absent, one transaction | DECIMAL(38,0) (or exact text) |
+| postgres | Arrow → CSV → `COPY FROM STDIN` into temporary staging | `INSERT … ON CONFLICT DO UPDATE WHERE newer log_id`, one transaction | NUMERIC(76,0) |
+| clickhouse | Arrow inserts through clickhouse-connect | ReplacingMergeTree(log_id): the highest version wins; analysts read with FINAL / `*_final` views | Int256 |
+| bigquery | Parquet → load job into a staging table | delete (EXISTS) + insert-absent, one multi-statement transaction | BIGNUMERIC(38,0) |
+| snowflake | Parquet → `PUT` to a temporary stage → `COPY INTO` a transient staging table | delete-superseded + insert-absent in `BEGIN … COMMIT` | NUMBER(38,0) |
+| redshift | Parquet → S3 → `COPY … FORMAT AS PARQUET` into temporary staging | delete-superseded + insert-absent, one transaction | DECIMAL(38,0) |
 
 Every destination keeps, per natural key, the row with the highest `log_id`; values wider than its
 money type stop the pipeline (`ValueOutOfRange`) instead of being rounded.

@@ -34,6 +34,15 @@ def test_exporter_pipeline_sync_round_trip(database_url, conn, ledger, tmp_path)
     assert synced.returncode == 0, synced.stderr
     assert json.loads(synced.stdout)["toLogID"] == 1
     assert json.loads(run(database_url, "pipelines", "get", pipeline["id"]).stdout)["lag"] == 0
+    verified = run(database_url, "pipelines", "verify", pipeline["id"])
+    assert verified.returncode == 0 and all(c["passed"] for c in json.loads(verified.stdout))
+    with duckdb.connect(str(warehouse)) as wh:  # an analyst "fixes" a balance by hand
+        wh.execute("UPDATE ledger.balances SET balance = 41, input = 41 WHERE account = 'users:1'")
+    tampered = run(database_url, "pipelines", "verify", pipeline["id"])
+    assert tampered.returncode == 1 and "error: CHECK_FAILED: " in tampered.stderr
+    assert "balances_match" in tampered.stderr
+    [differs] = [c for c in json.loads(tampered.stdout) if c["name"] == "balances_match"]
+    assert differs["first_differences"][0]["warehouse"]["balance"] == "41"
     in_use = run(database_url, "exporters", "delete", exporter["id"])
     assert in_use.returncode == 1 and "still has pipelines" in in_use.stderr
     reset = json.loads(run(database_url, "pipelines", "reset", pipeline["id"], "--to-log-id", "0").stdout)

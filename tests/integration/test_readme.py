@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+ANALYST_ENGINES = {"bigquery", "snowflake", "redshift"}
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -47,7 +48,9 @@ def test_every_readme_example_runs_as_written(fresh_db_url, tmp_path):
             assert result.returncode == 0, f"README block failed:\n{body}\nstderr:\n{result.stderr}"
             ran.append(body)
         elif kind == "sql":
-            engine = body.strip().splitlines()[0].removeprefix("--").strip().split(",")[0].lower()
+            engine = body.strip().splitlines()[0].removeprefix("--").strip().split(":")[0].split(",")[0].lower()
+            if engine in ANALYST_ENGINES:
+                continue  # each runs on its warehouse's stand-in after a sync: tests/contract/test_readme_queries.py
             assert engine == "clickhouse", f"a README sql block names no engine this test knows: {engine!r}"
             import clickhouse_connect
 

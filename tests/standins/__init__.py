@@ -31,7 +31,8 @@ from ledger_core.db import ensure_database
 ROOT = Path(__file__).resolve().parents[2]
 BIGQUERY_VENV = ROOT / "build" / "bigquery"
 
-# What a Redshift cluster has and PostgreSQL does not, so Redshift's DDL and SQL run unchanged on PostgreSQL.
+# What a Redshift cluster has and PostgreSQL does not, so Redshift's DDL and SQL run unchanged on PostgreSQL
+# (JSON_EXTRACT_PATH_TEXT on text answers '' for a missing key, and TRUNC(timestamp) is its date, as on Redshift).
 REDSHIFT_SHIMS = """
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'super') THEN
@@ -40,6 +41,9 @@ DO $$ BEGIN
 END $$;
 CREATE OR REPLACE FUNCTION json_parse(text) RETURNS super LANGUAGE sql IMMUTABLE AS 'SELECT $1::jsonb::super';
 CREATE OR REPLACE FUNCTION json_serialize(super) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT $1::jsonb::text';
+CREATE OR REPLACE FUNCTION json_extract_path_text(text, VARIADIC text[]) RETURNS text LANGUAGE sql IMMUTABLE
+  AS $f$ SELECT coalesce(json_extract_path_text($1::json, VARIADIC $2), '') $f$;
+CREATE OR REPLACE FUNCTION trunc(timestamptz) RETURNS date LANGUAGE sql IMMUTABLE AS 'SELECT $1::date';
 """
 
 

@@ -3,6 +3,7 @@ types, its transaction script, Snowflake's folded names), and of the shared merg
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from ledger_pipelines.loaders import DRIVERS
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.loaders.bigquery import BigQueryLoader, script
 from ledger_pipelines.loaders.redshift import RedshiftLoader, copy_from_s3_sql
-from ledger_pipelines.loaders.snowflake import SnowflakeLoader
+from ledger_pipelines.loaders.snowflake import SnowflakeLoader, copy_into_sql, put_sql
 from ledger_pipelines.tables import ACCOUNTS, BALANCES, LOGS
 
 REDSHIFT = {"host": "cluster.example", "database": "dev", "user": "loader", "password": {"env": "RS_PASSWORD"},
@@ -81,7 +82,11 @@ def test_snowflake_names_fold_to_upper_case_and_json_goes_through_parse_json():
     insert = loader.insert_absent_sql(ACCOUNTS, '"STAGED_ACCOUNTS"')
     assert 'PARSE_JSON(s."METADATA")' in insert and insert.startswith('INSERT INTO "LEDGER"."ACCOUNTS" ("LEDGER"')
     assert loader.create_staging_sql(ACCOUNTS, '"STAGED_ACCOUNTS"').startswith(
-        'CREATE TEMPORARY TABLE "STAGED_ACCOUNTS" ("LEDGER" VARCHAR, "ADDRESS" VARCHAR, "METADATA" VARCHAR')
+        'CREATE TRANSIENT TABLE "STAGED_ACCOUNTS" ("LEDGER" VARCHAR, "ADDRESS" VARCHAR, "METADATA" VARCHAR')
+    assert put_sql(Path("/tmp/x/s.parquet"), "s") == (
+        "PUT 'file:///tmp/x/s.parquet' @ledger_load/s AUTO_COMPRESS = FALSE OVERWRITE = TRUE")
+    assert copy_into_sql('"LEDGER"."S"', "s") == ('COPY INTO "LEDGER"."S" FROM @ledger_load/s FILE_FORMAT = '
+                                                  "(TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_SENSITIVE PURGE = TRUE")
     with pytest.raises(InvalidExporterConfig, match="one of them"):
         DRIVERS.get("snowflake").validate({"account": "a", "user": "u", "database": "d"})
 
