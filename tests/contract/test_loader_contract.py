@@ -25,7 +25,7 @@ from ledger_pipelines.errors import (
     ValueOutOfRange,
 )
 from ledger_pipelines.sync import sync_pipeline
-from ledger_pipelines.tables import BALANCES, LOGS, MOVES, POSTINGS, SYNC_STATE, TRANSACTIONS
+from ledger_pipelines.tables import BALANCES, LOGS, MOVES, POSTINGS, SCHEMA_VERSION, SYNC_STATE, TRANSACTIONS
 from tests.contract.helpers import assert_warehouse_equals_ledger
 from tests.helpers import new_tx, posting, send
 
@@ -360,3 +360,28 @@ def test_resets_only_move_the_cursor_back(conn, ledger, pipeline, destination):
     assert (report.from_log_id, report.to_log_id) == (2, 3)
     with destination.loader() as loader:
         assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2, 3]
+
+
+def test_setup_runs_only_for_a_new_or_older_schema_and_adds_columns_in_place(conn, ledger, pipeline, destination,
+                                                                            monkeypatch):
+    from ledger_pipelines.loaders import DRIVERS
+
+    loader_class = DRIVERS.get(destination.driver)
+    setups = []
+    original = loader_class.setup
+    monkeypatch.setattr(loader_class, "setup", lambda self: (setups.append(1), original(self))[1])
+    activity(conn, ledger, 0, 4)
+    sync(conn, pipeline, destination)
+    assert len(setups) == 1  # the first sync builds the warehouse
+    activity(conn, ledger, 4, 2)
+    sync(conn, pipeline, destination)
+    assert len(setups) == 1  # not again while its schema version is current
+    with destination.loader() as loader, loader.errors():  # a warehouse built before sync_state had the column
+        loader.execute(f"ALTER TABLE {loader.qualified(SYNC_STATE)} DROP COLUMN {loader.ident('schema_version')}")
+    activity(conn, ledger, 6, 2)
+    report = sync(conn, pipeline, destination)
+    assert len(setups) == 2 and report.note is None  # set up again, in place: no replay from the start
+    assert report.from_log_id == report.to_log_id - 1  # only the two new logs
+    with destination.loader() as loader:
+        assert loader.read_sync_state(pipeline.id)["schema_version"] == SCHEMA_VERSION
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)

@@ -366,3 +366,40 @@ def test_a_pipeline_behind_its_cadence_fails_freshness(instance, resources, dcon
     assert late.metadata["details"].value["staleness_seconds"] >= 600
     third = sensor_tick(instance, resources, second.cursor)
     assert [r for r in third.run_requests if r.job_name == "check_pipeline"] == []
+
+
+@pytest.mark.parametrize("driver", ["redshift", "snowflake"])
+def test_cloud_drivers_work_in_the_same_assets_and_checks(instance, resources, dconn, pg_admin_url, tmp_path,
+                                                          driver, monkeypatch):
+    """Nothing in Dagster knows the driver: a Redshift or Snowflake pipeline (on its stand-in) materializes and
+    passes the same checks."""
+    import uuid
+
+    from ledger_core.ledgers import create_ledger
+    from ledger_pipelines import registry
+    from tests.standins import redshift_database
+
+    ledger = f"cloud{driver}"
+    create_ledger(dconn, ledger)
+    if driver == "redshift":
+        config = {"dsn": redshift_database(pg_admin_url), "schema": "d_" + uuid.uuid4().hex[:8], "staging": "copy",
+                  "sslmode": "disable"}
+    else:
+        import fakesnow
+
+        (tmp_path / "sf").mkdir()
+        patch = fakesnow.patch(db_path=str(tmp_path / "sf"))
+        patch.__enter__()
+        monkeypatch.setenv("SF_PASSWORD", "unused-by-the-stand-in")
+        config = {"account": "local", "user": "u", "password": {"env": "SF_PASSWORD"}, "database": "w"}
+    try:
+        exporter = registry.create_exporter(dconn, driver, config)
+        pipeline = registry.create_pipeline(dconn, ledger, exporter.id)
+        send(dconn, ledger, posting("world", "a", 5), posting("a", "b", 2))
+        result = materialize(instance, resources, pipeline.name)
+        assert result.success and metadata(result, "logs")["to_log_id"] == 1
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert len(checks) == 6 and all(checks.values()), checks
+    finally:
+        if driver == "snowflake":
+            patch.__exit__(None, None, None)
