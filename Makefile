@@ -51,11 +51,11 @@ $(BQ_STAMP): tests/standins/bigquery-requirements.txt
 
 standins: $(BQ_STAMP)
 
-# Every destination runs, each on its real engine or its stand-in; a destination skipped for a missing stand-in
-# fails the run (LEDGER_REQUIRE_ALL_DESTINATIONS).
+# Every warehouse runs, each on its real engine or its stand-in; a warehouse skipped for a missing stand-in
+# fails the run (LEDGER_REQUIRE_ALL_WAREHOUSES).
 test: $(STAMP) $(CHROMIUM) $(BQ_STAMP)
 	$(BIN)/ruff check .
-	LEDGER_REQUIRE_ALL_DESTINATIONS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	LEDGER_REQUIRE_ALL_WAREHOUSES=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 # The contract suite against real cloud warehouses, for the paths no stand-in runs (S3 COPY, stages, 38-digit
 # values): LEDGER_CHECK_BIGQUERY / _SNOWFLAKE / _REDSHIFT each hold an exporter config (JSON, secrets by env name);

@@ -67,7 +67,7 @@ def register(context: Any) -> None:
 
     @cli.group()
     def exporters() -> None:
-        """Warehouse destinations: a driver plus its config."""
+        """Exporters: a driver plus its config, naming one warehouse."""
 
     @exporters.command("create")
     @click.option("--driver", required=True, help="duckdb, postgres, clickhouse …")

@@ -119,14 +119,14 @@ class MissingSecret(PipelineError):
 
 
 class ValueOutOfRange(PipelineError):
-    """A money value does not fit the destination's exact type: the pipeline stops rather than round."""
+    """A money value does not fit the warehouse's exact type: the pipeline stops rather than round."""
 
     error_code = "VALUE_OUT_OF_RANGE"
 
     def __init__(self, log_id: int, table: str, column: str, value: int, digits: int, detail: str = ""):
         super().__init__(
             f"log {log_id}: {table}.{column} = {value} has {len(str(abs(value)))} digits; "
-            f"the destination holds at most {digits} exactly{detail}"
+            f"the warehouse holds at most {digits} exactly{detail}"
         )
         self.log_id = log_id
         self.table = table

@@ -13,7 +13,7 @@ Made to run unattended:
   stops the pipeline with a precise error.
 - **Nothing unverified is exported.** Every log of a batch is checked against the hash chain, link by link,
   from the hash the warehouse received last; a broken link stops the pipeline before anything loads.
-- **One log does not block the others.** A value the destination cannot hold stops the pipeline right
+- **One log does not block the others.** A value the warehouse cannot hold stops the pipeline right
   before its log: every log before it is loaded, and the error says how to go on without losing anything.
 - **Transient failures are retried** with backoff inside the sync (a locked DuckDB file, a restarting
   warehouse); if they persist, the error is recorded and the next sync (scheduled, sensor, `follow`'s

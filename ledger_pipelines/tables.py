@@ -1,6 +1,6 @@
 """The warehouse tables, as data: columns with logical types, natural keys, and how rows merge.
 
-Every destination creates these tables from this one description through its dialect's type map, so
+Every warehouse gets these tables from this one description through its dialect's type map, so
 the six warehouses cannot drift apart. Rows carry `log_id`, the log that last changed them; a load
 keeps, per key, the row with the highest `log_id` (ties: the incoming row), which makes replays and
 resets idempotent: loading the same logs twice, or older logs after newer ones, changes nothing.

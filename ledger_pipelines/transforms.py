@@ -245,7 +245,7 @@ def transform(ledger: str, rows: Sequence[dict[str, Any]], fetch_current: FetchC
               money_digits: int = MONEY_DIGITS) -> Batch:
     """Turn a contiguous batch of logs (the reader's rows, as dicts) into warehouse rows.
 
-    `money_digits` is the destination's: a wider value stops the pipeline naming the log and that limit.
+    `money_digits` is the warehouse's: a wider value stops the pipeline naming the log and that limit.
     """
     if not rows:
         raise ValueError("transform needs at least one log")

@@ -1,4 +1,4 @@
-"""Warehouse loaders: one module per destination, one interface (`base.Loader`).
+"""Warehouse loaders: one module per driver, one interface (`base.Loader`).
 
 How each of the six warehouses loads; the loop itself is `base.Loader.load`, once:
 
@@ -11,7 +11,7 @@ How each of the six warehouses loads; the loop itself is `base.Loader.load`, onc
 | snowflake | Parquet → `PUT` to a temporary stage → `COPY INTO` a transient staging table | delete-superseded + insert-absent in `BEGIN … COMMIT` | NUMBER(38,0) |
 | redshift | Parquet → S3 → `COPY … FORMAT AS PARQUET` into temporary staging | delete-superseded + insert-absent, one transaction | DECIMAL(38,0) |
 
-Every destination keeps, per natural key, the row with the highest `log_id`; values wider than its
+Every warehouse keeps, per natural key, the row with the highest `log_id`; values wider than its
 money type stop the pipeline (`ValueOutOfRange`) instead of being rounded.
 """
 

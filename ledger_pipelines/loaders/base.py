@@ -102,6 +102,14 @@ class Dialect:
         return self.select_casts.get(kind, "{}").format(expression)
 
 
+def cast_money(table: Table, data: pa.Table, to: pa.DataType) -> pa.Table:
+    """`data` with its money columns cast to `to` (a narrower decimal after `check_money`, or exact digits)."""
+    for column in table.money_columns:
+        index = data.schema.get_field_index(column)
+        data = data.set_column(index, pa.field(column, to), data.column(column).cast(to))
+    return data
+
+
 def from_warehouse(kind: Kind, value: Any) -> Any:
     """A value as a warehouse client returns it, in the pipeline's terms (never a float for money)."""
     if value is None:
@@ -123,7 +131,7 @@ def from_warehouse(kind: Kind, value: Any) -> Any:
 
 
 class Loader(ABC):
-    """A warehouse destination: `driver`, `dialect`, `config_fields`, and the edges the module docstring names."""
+    """One warehouse, through its driver: `driver`, `dialect`, `config_fields`, and the edges named above."""
 
     driver: ClassVar[str]
     dialect: ClassVar[Dialect]
@@ -166,7 +174,7 @@ class Loader(ABC):
 
     def wide_money_remedy(self, exporter_id: str) -> str:
         """What a user can do when a value is wider than `money_digits` (said in the error)."""
-        return ("export this ledger to a destination whose money holds 76 digits (postgres, clickhouse), then "
+        return ("export this ledger to a warehouse whose money holds 76 digits (postgres, clickhouse), then "
                 f"delete this pipeline; exporter '{exporter_id}' cannot hold the value")
 
     def ident(self, name: str) -> str:
@@ -242,6 +250,13 @@ class Loader(ABC):
 
     def create_schema_sql(self) -> str:
         return f"CREATE SCHEMA IF NOT EXISTS {self.ident(self.schema)}"
+
+    staging_table: ClassVar[str] = "TEMPORARY TABLE"  # what kind of table a staging table is
+
+    def create_staging_sql(self, table: Table, staged: str) -> str:
+        """A staging table typed as the batch is staged (JSON as text where the column type parses it)."""
+        columns = ", ".join(f"{self.ident(c.name)} {self.staging_type(c.kind)}" for c in table.columns)
+        return f"CREATE {self.staging_table} {staged} ({columns})"
 
     def add_column_sql(self, table: Table, column: str) -> str:
         kind = next(c.kind for c in table.columns if c.name == column)

@@ -38,8 +38,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import Dialect, Loader
-from ledger_pipelines.loaders.config import ConfigField, local_path
+from ledger_pipelines.loaders.base import Dialect, Loader, cast_money
+from ledger_pipelines.loaders.config import ConfigField, local_file
 from ledger_pipelines.tables import Kind, Table
 
 DIALECT = Dialect(
@@ -108,12 +108,7 @@ class BigQueryLoader(Loader):
 
     @classmethod
     def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-        if "credentials_path" not in config:
-            return config
-        path = local_path(cls.driver, "credentials_path", config["credentials_path"], base_dir)
-        if not Path(path).is_file():
-            raise InvalidExporterConfig(cls.driver, f"'credentials_path': no file at {path!r}")
-        return {**config, "credentials_path": path}
+        return local_file(cls.driver, "credentials_path", config, base_dir)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -203,10 +198,7 @@ class BigQueryLoader(Loader):
 
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """Money as its exact digits (cast to BIGNUMERIC in SQL); JSON stays text (PARSE_JSON in SQL)."""
-        for column in table.money_columns:
-            index = data.schema.get_field_index(column)
-            data = data.set_column(index, pa.field(column, pa.string()), data.column(column).cast(pa.string()))
-        return data
+        return cast_money(table, data, pa.string())
 
     def load_job_config(self, table: Table) -> bigquery.LoadJobConfig:
         """The staging table is made by the load job itself, typed as staged (money and JSON as STRING)."""

@@ -116,6 +116,16 @@ def local_path(driver: str, key: str, value: str, base_dir: Path, *, folder: boo
     return str(path)
 
 
+def local_file(driver: str, key: str, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """`config` with the file at `key` (a key file the user names, if any) made absolute and checked to exist."""
+    if key not in config:
+        return config
+    path = local_path(driver, key, config[key], base_dir)
+    if not Path(path).is_file():
+        raise InvalidExporterConfig(driver, f"'{key}': no file at {path!r}")
+    return {**config, key: path}
+
+
 def resolve_secret(driver: str, key: str, value: Any, environ: Mapping[str, str]) -> Any:
     if isinstance(value, Mapping) and "env" in value:
         found = environ.get(value["env"])

@@ -25,7 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import Dialect, Loader
+from ledger_pipelines.loaders.base import Dialect, Loader, cast_money
 from ledger_pipelines.loaders.config import ConfigField, local_path
 from ledger_pipelines.tables import BY_NAME, MONEY_DIGITS, Kind, Table
 
@@ -138,7 +138,7 @@ class DuckDBLoader(Loader):
     def wide_money_remedy(self, exporter_id: str) -> str:
         return (f"store money as exact text in this warehouse (`ledgerctl exporters update {exporter_id} --config "
                 "'{\"money\": \"text\"}'`, then sync again: money columns become VARCHAR holding every digit), or "
-                "export this ledger to a destination with 76-digit money (postgres, clickhouse)")
+                "export this ledger to a warehouse with 76-digit money (postgres, clickhouse)")
 
     def column_type(self, kind: Kind) -> str:
         return MONEY_TEXT if kind is Kind.MONEY and self.money_as_text else super().column_type(kind)
@@ -156,11 +156,7 @@ class DuckDBLoader(Loader):
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits), or
         turn them into their exact digits when money is stored as text."""
-        target = pa.string() if self.money_as_text else ARROW_MONEY
-        for column in table.money_columns:
-            index = data.schema.get_field_index(column)
-            data = data.set_column(index, pa.field(column, target), data.column(column).cast(target))
-        return data
+        return cast_money(table, data, pa.string() if self.money_as_text else ARROW_MONEY)
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
         """One join against the wanted keys, scanned from Arrow: faster than IN lists for large batches."""

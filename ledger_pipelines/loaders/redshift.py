@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError
-from ledger_pipelines.loaders.base import Dialect, Loader
+from ledger_pipelines.loaders.base import Dialect, Loader, cast_money
 from ledger_pipelines.loaders.config import PORT_BOUNDS, ConfigField
 from ledger_pipelines.loaders.postgres import PostgresLoader, copy_csv
 from ledger_pipelines.tables import Kind, Table
@@ -93,16 +93,11 @@ class RedshiftLoader(PostgresLoader):
     def merge_statements(self, table: Table, staged: str) -> list[str]:
         return Loader.merge_statements(self, table, staged)
 
+    staging_table = "TEMP TABLE"
+
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """Parquet with decimal128: values were checked against 38 digits."""
-        for column in table.money_columns:
-            index = data.schema.get_field_index(column)
-            data = data.set_column(index, pa.field(column, ARROW_MONEY), data.column(column).cast(ARROW_MONEY))
-        return data
-
-    def create_staging_sql(self, table: Table, staged: str) -> str:
-        columns = ", ".join(f"{self.ident(c.name)} {self.staging_type(c.kind)}" for c in table.columns)
-        return f"CREATE TEMP TABLE {staged} ({columns})"
+        return cast_money(table, data, ARROW_MONEY)
 
     def stage(self, table: Table, data: pa.Table) -> str:
         staged = self.ident(f"staged_{table.name}")

@@ -31,8 +31,8 @@ import snowflake.connector
 from snowflake.connector import errors as sf_errors
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import Dialect, Fold, Loader
-from ledger_pipelines.loaders.config import ConfigField, local_path
+from ledger_pipelines.loaders.base import Dialect, Fold, Loader, cast_money
+from ledger_pipelines.loaders.config import ConfigField, local_file
 from ledger_pipelines.tables import Kind, Table
 
 DIALECT = Dialect(
@@ -89,12 +89,7 @@ class SnowflakeLoader(Loader):
 
     @classmethod
     def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-        if "private_key_path" not in config:
-            return config
-        path = local_path(cls.driver, "private_key_path", config["private_key_path"], base_dir)
-        if not Path(path).is_file():
-            raise InvalidExporterConfig(cls.driver, f"'private_key_path': no file at {path!r}")
-        return {**config, "private_key_path": path}
+        return local_file(cls.driver, "private_key_path", config, base_dir)
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -137,14 +132,10 @@ class SnowflakeLoader(Loader):
 
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """Upper-case column names (as created), and decimal128 money (values were checked against 38 digits)."""
-        for column in table.money_columns:
-            index = data.schema.get_field_index(column)
-            data = data.set_column(index, pa.field(column, ARROW_MONEY), data.column(column).cast(ARROW_MONEY))
+        data = cast_money(table, data, ARROW_MONEY)
         return data.rename_columns([self._folded(c) for c in data.column_names])
 
-    def create_staging_sql(self, table: Table, staged: str) -> str:
-        columns = ", ".join(f"{self.ident(c.name)} {self.staging_type(c.kind)}" for c in table.columns)
-        return f"CREATE TRANSIENT TABLE {staged} ({columns})"
+    staging_table = "TRANSIENT TABLE"  # no fail-safe copies of rows dropped minutes later
 
     def stage(self, table: Table, data: pa.Table) -> str:
         """Parquet, `PUT` to a temporary stage, `COPY INTO` a transient staging table (no fail-safe copies)."""

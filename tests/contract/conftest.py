@@ -1,4 +1,4 @@
-"""The loader contract suite runs every test once per destination, each on a real engine."""
+"""The loader contract suite runs every test once per warehouse, each on a real engine."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.standins import StandInMissing, bigquery_server, redshift_database
 
 
 @dataclass
-class Destination:
+class Warehouse:
     """One warehouse as the contract kit sees it: an exporter config, and how to empty it as an operator would."""
 
     driver: str
@@ -44,43 +44,43 @@ class Destination:
             loader.execute(self.wipe_sql)
 
 
-# Each destination registers a factory: (tmp_path, pg_admin_url, session stand-ins) -> Destination. A factory
+# Each warehouse registers a factory: (tmp_path, pg_admin_url, session stand-ins) -> Warehouse. A factory
 # raises StandInMissing when its stand-in is not here; the kit then skips it, or fails under
-# LEDGER_REQUIRE_ALL_DESTINATIONS (make test, CI), so no destination goes untested unnoticed.
-Factory = Callable[[Path, str, "StandIns"], Destination]
-DESTINATIONS: dict[str, Factory] = {}
+# LEDGER_REQUIRE_ALL_WAREHOUSES (make test, CI), so no warehouse goes untested unnoticed.
+Factory = Callable[[Path, str, "StandIns"], Warehouse]
+WAREHOUSES: dict[str, Factory] = {}
 
 
-def destination_factory(driver: str) -> Callable[[Factory], Factory]:
+def warehouse_factory(driver: str) -> Callable[[Factory], Factory]:
     def register(factory: Factory) -> Factory:
-        DESTINATIONS[driver] = factory
+        WAREHOUSES[driver] = factory
         return factory
     return register
 
 
-@destination_factory("duckdb")
-def _duckdb(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Destination:
-    return Destination("duckdb", {"path": str(tmp_path / "warehouse.duckdb")}, {})
+@warehouse_factory("duckdb")
+def _duckdb(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Warehouse:
+    return Warehouse("duckdb", {"path": str(tmp_path / "warehouse.duckdb")}, {})
 
 
-@destination_factory("postgres")
-def _postgres(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Destination:
+@warehouse_factory("postgres")
+def _postgres(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Warehouse:
     ensure_database(pg_admin_url, "warehouse_test")
     # The URL has no password (trust auth on the test server); the env-var path is exercised all the same.
     dsn = pg_admin_url.rsplit("/", 1)[0] + "/warehouse_test"
     schema = "w_" + uuid.uuid4().hex[:10]
-    return Destination("postgres", {"dsn": dsn, "password": {"env": "WAREHOUSE_PG_PASSWORD"}, "schema": schema},
+    return Warehouse("postgres", {"dsn": dsn, "password": {"env": "WAREHOUSE_PG_PASSWORD"}, "schema": schema},
                        {"WAREHOUSE_PG_PASSWORD": "unused-with-trust-auth"}, f"DROP SCHEMA {schema} CASCADE")
 
 
-@destination_factory("clickhouse")
-def _clickhouse(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Destination:
+@warehouse_factory("clickhouse")
+def _clickhouse(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Warehouse:
     # The real ClickHouse engine in-process (chdb) through clickhouse-connect, the production client.
-    return Destination("clickhouse", {"chdb_path": str(tmp_path / "clickhouse"), "database": "ledger"}, {},
+    return Warehouse("clickhouse", {"chdb_path": str(tmp_path / "clickhouse"), "database": "ledger"}, {},
                        "DROP DATABASE ledger")
 
 
-def cloud(driver: str) -> Destination | None:
+def cloud(driver: str) -> Warehouse | None:
     """Under `make check-cloud` (LEDGER_CLOUD=1): the real warehouse named by LEDGER_CHECK_<DRIVER>, an exporter
     config as JSON whose secrets name environment variables, in a schema of the test's own."""
     if not os.environ.get("LEDGER_CLOUD"):
@@ -92,35 +92,35 @@ def cloud(driver: str) -> Destination | None:
     key = "dataset" if driver == "bigquery" else "schema"
     config = {**json.loads(given), key: schema}
     qualified = {"bigquery": f"`{config.get('project')}`.`{schema}`", "snowflake": f'"{schema.upper()}"'}
-    return Destination(driver, config, dict(os.environ), f"DROP SCHEMA {qualified.get(driver, schema)} CASCADE")
+    return Warehouse(driver, config, dict(os.environ), f"DROP SCHEMA {qualified.get(driver, schema)} CASCADE")
 
 
-@destination_factory("redshift")
-def _redshift(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Destination:
+@warehouse_factory("redshift")
+def _redshift(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Warehouse:
     if real := cloud("redshift"):
         return real
     # Redshift's SQL on PostgreSQL (super, json_parse, json_serialize defined); COPY FROM STDIN staging.
     schema = "r_" + uuid.uuid4().hex[:10]
-    return Destination("redshift", {"dsn": standins.redshift_url(), "schema": schema, "staging": "copy",
+    return Warehouse("redshift", {"dsn": standins.redshift_url(), "schema": schema, "staging": "copy",
                                     "sslmode": "disable"}, {}, f"DROP SCHEMA {schema} CASCADE")
 
 
-@destination_factory("snowflake")
-def _snowflake(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Destination:
+@warehouse_factory("snowflake")
+def _snowflake(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Warehouse:
     if real := cloud("snowflake"):
         return real
     standins.snowflake(tmp_path)  # fakesnow patches the connector for the rest of the test
-    return Destination("snowflake", {"account": "local", "user": "ledger", "password": {"env": "SF_PASSWORD"},
+    return Warehouse("snowflake", {"account": "local", "user": "ledger", "password": {"env": "SF_PASSWORD"},
                                      "database": "warehouse", "schema": "ledger"},
                        {"SF_PASSWORD": "unused-by-the-stand-in"}, 'DROP SCHEMA "LEDGER" CASCADE', money_digits=18)
 
 
-@destination_factory("bigquery")
-def _bigquery(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Destination:
+@warehouse_factory("bigquery")
+def _bigquery(tmp_path: Path, pg_admin_url: str, standins: StandIns) -> Warehouse:
     if real := cloud("bigquery"):
         return real
     dataset = "d_" + uuid.uuid4().hex[:10]
-    return Destination("bigquery", {"project": "local", "dataset": dataset, "api_endpoint": standins.bigquery_url()},
+    return Warehouse("bigquery", {"project": "local", "dataset": dataset, "api_endpoint": standins.bigquery_url()},
                        {}, f"DROP SCHEMA `local`.`{dataset}` CASCADE", money_digits=20,
                        small_batch=100)
 
@@ -164,13 +164,13 @@ def standins(pg_admin_url) -> Iterator[StandIns]:
         yield StandIns(pg_admin_url, stack)
 
 
-@pytest.fixture(params=sorted(DESTINATIONS))
-def destination(request, tmp_path, pg_admin_url, standins) -> Iterator[Destination]:
+@pytest.fixture(params=sorted(WAREHOUSES))
+def warehouse(request, tmp_path, pg_admin_url, standins) -> Iterator[Warehouse]:
     try:
-        made = DESTINATIONS[request.param](tmp_path, pg_admin_url, standins)
+        made = WAREHOUSES[request.param](tmp_path, pg_admin_url, standins)
     except StandInMissing as exc:
-        if os.environ.get("LEDGER_REQUIRE_ALL_DESTINATIONS"):
-            pytest.fail(f"{request.param}: {exc} (every destination must run here)")
+        if os.environ.get("LEDGER_REQUIRE_ALL_WAREHOUSES"):
+            pytest.fail(f"{request.param}: {exc} (every warehouse must run here)")
         pytest.skip(f"{request.param}: {exc}")
     try:
         yield made
@@ -179,7 +179,7 @@ def destination(request, tmp_path, pg_admin_url, standins) -> Iterator[Destinati
 
 
 @pytest.fixture
-def pipeline(conn, ledger, destination) -> Iterator[registry.Pipeline]:
+def pipeline(conn, ledger, warehouse) -> Iterator[registry.Pipeline]:
     registry.migrate_pipelines(conn)
-    exporter = registry.create_exporter(conn, destination.driver, destination.config)
+    exporter = registry.create_exporter(conn, warehouse.driver, warehouse.config)
     yield registry.create_pipeline(conn, ledger, exporter.id)

@@ -1,4 +1,4 @@
-"""One contract, every destination: full and incremental syncs, reverts and metadata, resets, faults,
+"""One contract, every warehouse: full and incremental syncs, reverts and metadata, resets, faults,
 concurrent writers, exact money, and refused configs."""
 
 from __future__ import annotations
@@ -43,39 +43,39 @@ def activity(conn, ledger, start: int, count: int) -> None:
     write(conn, ledger, commands)
 
 
-def sync(conn, pipeline, destination, **kwargs):
-    return sync_pipeline(conn.info.dsn, pipeline.id, environ=destination.environ, **kwargs)
+def sync(conn, pipeline, warehouse, **kwargs):
+    return sync_pipeline(conn.info.dsn, pipeline.id, environ=warehouse.environ, **kwargs)
 
 
-def test_first_full_sync_then_incremental(conn, ledger, pipeline, destination):
+def test_first_full_sync_then_incremental(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 60)
-    report = sync(conn, pipeline, destination, batch_size=25)
+    report = sync(conn, pipeline, warehouse, batch_size=25)
     assert (report.from_log_id, report.to_log_id, report.logs, report.lag) == (1, 60, 60, 0)
     assert report.rows["postings"] == 180 and report.rows["moves"] == 360
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
     activity(conn, ledger, 60, 15)
-    report = sync(conn, pipeline, destination)
+    report = sync(conn, pipeline, warehouse)
     assert (report.from_log_id, report.to_log_id, report.logs) == (61, 75, 15)
     assert report.rows["logs"] == 15
-    assert sync(conn, pipeline, destination).logs == 0
-    with destination.loader() as loader:
+    assert sync(conn, pipeline, warehouse).logs == 0
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
         state = loader.read_sync_state(pipeline.id)
         assert state["last_log_id"] == 75 and state["ledger"] == ledger
         assert state["last_log_hash"] == reads.list_logs(conn, ledger, after=74)[0].hash.hex()
 
 
-def test_reverts_and_metadata_are_reflected(conn, ledger, pipeline, destination):
+def test_reverts_and_metadata_are_reflected(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 10)
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     write(conn, ledger, [RevertTransaction(3), SetMetadata.build("TRANSACTION", 2, {"status": "refunded"}),
                          DeleteMetadata.build("TRANSACTION", 2, "n"),
                          SetMetadata.build("ACCOUNT", "users:1", {"tier": "gold"}),
                          DeleteMetadata.build("ACCOUNT", "users:1", "seen"),
                          SetMetadata.build("ACCOUNT", "brand:new", {"created": "by-metadata"})])
-    sync(conn, pipeline, destination)
-    with destination.loader() as loader:
+    sync(conn, pipeline, warehouse)
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
         tx = {r["id"]: r for r in loader.read_table(TRANSACTIONS, ledger).to_pylist()}
         # JSON as the warehouse writes it back (spacing differs between warehouses): compared as values.
@@ -84,24 +84,24 @@ def test_reverts_and_metadata_are_reflected(conn, ledger, pipeline, destination)
 
 
 @pytest.mark.parametrize("to_log_id", [0, 7])
-def test_reset_replays_without_duplicates(conn, ledger, pipeline, destination, to_log_id):
+def test_reset_replays_without_duplicates(conn, ledger, pipeline, warehouse, to_log_id):
     activity(conn, ledger, 0, 20)
     write(conn, ledger, [SetMetadata.build("ACCOUNT", "users:1", {"v": "1"})])
     write(conn, ledger, [SetMetadata.build("ACCOUNT", "users:1", {"v": "2"}), RevertTransaction(5)])
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     registry.reset_pipeline(conn, pipeline.id, to_log_id)
-    report = sync(conn, pipeline, destination, batch_size=4)
+    report = sync(conn, pipeline, warehouse, batch_size=4)
     assert report.from_log_id == to_log_id + 1 and report.to_log_id == 23
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
     with pytest.raises(InvalidReset):
         registry.reset_pipeline(conn, pipeline.id, 24)
 
 
 @pytest.mark.parametrize("point", ["before_load", "mid_load", "after_load"])
-def test_failure_at_each_step_then_rerun(conn, ledger, pipeline, destination, point):
+def test_failure_at_each_step_then_rerun(conn, ledger, pipeline, warehouse, point):
     activity(conn, ledger, 0, 30)
-    sync(conn, pipeline, destination, batch_size=10)
+    sync(conn, pipeline, warehouse, batch_size=10)
     activity(conn, ledger, 30, 30)
     write(conn, ledger, [RevertTransaction(40), SetMetadata.build("TRANSACTION", 41, {"x": "y"})])
 
@@ -117,25 +117,25 @@ def test_failure_at_each_step_then_rerun(conn, ledger, pipeline, destination, po
                 raise Killed(where)
 
     with pytest.raises(Killed):
-        sync(conn, pipeline, destination, batch_size=10, fault=fault)
+        sync(conn, pipeline, warehouse, batch_size=10, fault=fault)
     stuck = registry.get_pipeline(conn, pipeline.id)
     assert stuck.last_log_id == 40 and stuck.last_error == f"Killed: {point}"
-    report = sync(conn, pipeline, destination, batch_size=10)
+    report = sync(conn, pipeline, warehouse, batch_size=10)
     assert report.to_log_id == 62
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
         logs = loader.read_table(LOGS, ledger).column("id").to_pylist()
         assert logs == list(range(1, 63))
 
 
-def test_amounts_of_ten_to_the_thirty_are_exact(conn, ledger, pipeline, destination):
+def test_amounts_of_ten_to_the_thirty_are_exact(conn, ledger, pipeline, warehouse):
     huge = 10**30 + 123
-    if destination.money_digits is not None and destination.money_digits <= 31:
-        pytest.skip(f"{destination.driver}'s local stand-in holds {destination.money_digits} digits where the "
+    if warehouse.money_digits is not None and warehouse.money_digits <= 31:
+        pytest.skip(f"{warehouse.driver}'s local stand-in holds {warehouse.money_digits} digits where the "
                     "warehouse holds 38: `make check-cloud` runs this case against a real account")
     send(conn, ledger, posting("world", "whale", huge, "ETH/18"), posting("whale", "pool", huge - 1, "ETH/18"))
-    sync(conn, pipeline, destination)
-    with destination.loader() as loader:
+    sync(conn, pipeline, warehouse)
+    with warehouse.loader() as loader:
         balances = {r["account"]: int(r["balance"]) for r in loader.read_table(BALANCES, ledger).to_pylist()}
         assert balances == {"world": -huge, "whale": 1, "pool": huge - 1}
         assert [int(a) for a in loader.read_table(POSTINGS, ledger).column("amount").to_pylist()] == [huge, huge - 1]
@@ -144,36 +144,36 @@ def test_amounts_of_ten_to_the_thirty_are_exact(conn, ledger, pipeline, destinat
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
 
 
-def test_the_ledgers_largest_values_fit_every_76_digit_destination(conn, ledger, pipeline, destination):
-    with destination.loader() as loader:
+def test_the_ledgers_largest_values_fit_every_76_digit_warehouse(conn, ledger, pipeline, warehouse):
+    with warehouse.loader() as loader:
         if loader.dialect.money_digits < MONEY_DIGITS:
-            pytest.skip(f"{destination.driver} holds {loader.dialect.money_digits} digits: see the next test")
+            pytest.skip(f"{warehouse.driver} holds {loader.dialect.money_digits} digits: see the next test")
     send(conn, ledger, posting("world", "a", MAX_AMOUNT))
     with pytest.raises(VolumesOutOfRange):  # world's output volume would pass 76 digits: refused at write time
         send(conn, ledger, posting("world", "b", 1))
-    sync(conn, pipeline, destination)
-    with destination.loader() as loader:
+    sync(conn, pipeline, warehouse)
+    with warehouse.loader() as loader:
         balances = {r["account"]: int(r["balance"]) for r in loader.read_table(BALANCES, ledger).to_pylist()}
         assert balances == {"world": -MAX_AMOUNT, "a": MAX_AMOUNT}
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
 
 
-def test_value_beyond_destination_limit_stops_right_before_its_log(conn, ledger, pipeline, destination):
-    limit = destination.loader().dialect.money_digits
+def test_value_beyond_warehouse_limit_stops_right_before_its_log(conn, ledger, pipeline, warehouse):
+    limit = warehouse.loader().dialect.money_digits
     if limit >= MONEY_DIGITS:
-        pytest.skip(f"{destination.driver} holds every value the ledger accepts ({limit} digits)")
+        pytest.skip(f"{warehouse.driver} holds every value the ledger accepts ({limit} digits)")
     send(conn, ledger, posting("world", "a", 5))
     send(conn, ledger, posting("world", "b", 7))
     send(conn, ledger, posting("world", "a", 10**limit))
     send(conn, ledger, posting("world", "c", 9))
     with pytest.raises(ValueOutOfRange, match=f"holds at most {limit} exactly") as info:
-        sync(conn, pipeline, destination)
+        sync(conn, pipeline, warehouse)
     assert info.value.log_id == 3
     assert "Every log up to 2 is loaded and the pipeline waits at log 3. To go on without losing anything" \
         in str(info.value)
     stuck = registry.get_pipeline(conn, pipeline.id)
     assert stuck.last_log_id == 2 and stuck.failing and stuck.last_error_code == "VALUE_OUT_OF_RANGE"
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2]
         assert loader.read_sync_state(pipeline.id)["last_log_id"] == 2
 
@@ -190,10 +190,10 @@ def _writer_process(database_url: str, ledger: str, first: int, stop, written) -
             time.sleep(0.005)
 
 
-def test_writers_committing_during_syncs_never_lose_a_log(conn, database_url, ledger, pipeline, destination):
+def test_writers_committing_during_syncs_never_lose_a_log(conn, database_url, ledger, pipeline, warehouse):
     # Writers are processes, as other applications would be (and chdb, the embedded ClickHouse, must not
     # share its process's GIL with busy Python threads: see loaders/clickhouse.py). They write until three
-    # syncs have run under them, or 60 bulks each on a destination whose syncs are slow (a stand-in's jobs).
+    # syncs have run under them, or 60 bulks each on a warehouse whose syncs are slow (a stand-in's jobs).
     activity(conn, ledger, 0, 5)
     context = multiprocessing.get_context("spawn")
     stop, written = context.Event(), context.Value("i", 0)
@@ -204,37 +204,37 @@ def test_writers_committing_during_syncs_never_lose_a_log(conn, database_url, le
     try:
         for _ in range(3):
             # small batches: many cursor moves under fire
-            sync(conn, pipeline, destination, batch_size=destination.small_batch)
+            sync(conn, pipeline, warehouse, batch_size=warehouse.small_batch)
     finally:
         stop.set()
         for w in writers:
             w.join(timeout=120)
     assert [w.exitcode for w in writers] == [0, 0]
-    final = sync(conn, pipeline, destination)
+    final = sync(conn, pipeline, warehouse)
     assert final.lag == 0 and final.to_log_id == 5 + written.value * 3  # three transactions a bulk
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
 
 
-def test_stopped_pipeline_keeps_its_position(conn, ledger, pipeline, destination):
+def test_stopped_pipeline_keeps_its_position(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 3)
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     registry.set_enabled(conn, pipeline.id, False)
     activity(conn, ledger, 3, 3)
     with pytest.raises(PipelineStopped):
-        sync(conn, pipeline, destination)
+        sync(conn, pipeline, warehouse)
     started = registry.set_enabled(conn, pipeline.id, True)
     assert started.last_log_id == 3 and started.lag == 3
-    assert sync(conn, pipeline, destination).from_log_id == 4
-    with destination.loader() as loader:
+    assert sync(conn, pipeline, warehouse).from_log_id == 4
+    with warehouse.loader() as loader:
         assert loader.read_table(SYNC_STATE).num_rows == 1
 
 
-def test_bad_config_is_refused_and_exporters_in_use_are_kept(conn, ledger, pipeline, destination):
+def test_bad_config_is_refused_and_exporters_in_use_are_kept(conn, ledger, pipeline, warehouse):
     with pytest.raises(InvalidExporterConfig, match="unknown setting"):
-        registry.create_exporter(conn, destination.driver, {**destination.config, "colour": "blue"})
+        registry.create_exporter(conn, warehouse.driver, {**warehouse.config, "colour": "blue"})
     with pytest.raises(InvalidExporterConfig):
-        registry.create_exporter(conn, destination.driver, {})
+        registry.create_exporter(conn, warehouse.driver, {})
     with pytest.raises(InvalidExporterConfig, match="unknown driver"):
         registry.create_exporter(conn, "nosuchwarehouse", {})
     with pytest.raises(ExporterInUse):
@@ -244,7 +244,7 @@ def test_bad_config_is_refused_and_exporters_in_use_are_kept(conn, ledger, pipel
     assert pipeline.exporter_id not in [e.id for e in registry.list_exporters(conn)]
 
 
-def test_reset_during_a_sync_wins_and_the_next_sync_converges(conn, ledger, pipeline, destination):
+def test_reset_during_a_sync_wins_and_the_next_sync_converges(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 30)
 
     def reset_mid_sync(point: str) -> None:
@@ -254,42 +254,42 @@ def test_reset_during_a_sync_wins_and_the_next_sync_converges(conn, ledger, pipe
     from ledger_pipelines.errors import CursorMoved
 
     with pytest.raises(CursorMoved):
-        sync(conn, pipeline, destination, batch_size=10, fault=reset_mid_sync)
+        sync(conn, pipeline, warehouse, batch_size=10, fault=reset_mid_sync)
     assert registry.get_pipeline(conn, pipeline.id).last_log_id == 0  # the reset is not overwritten
-    assert sync(conn, pipeline, destination).to_log_id == 30
-    with destination.loader() as loader:
+    assert sync(conn, pipeline, warehouse).to_log_id == 30
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
 
 
-def test_a_log_edited_before_export_stops_the_sync_and_loads_nothing(conn, ledger, pipeline, destination):
+def test_a_log_edited_before_export_stops_the_sync_and_loads_nothing(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 5)
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     activity(conn, ledger, 5, 5)
     conn.execute("""UPDATE ledger_core.logs SET data = jsonb_set(data, '{transaction,postings,0,amount}', '1')
                     WHERE ledger = %s AND id = 8""", (ledger,))
     with pytest.raises(LogChainBroken) as info:
-        sync(conn, pipeline, destination, batch_size=100)
+        sync(conn, pipeline, warehouse, batch_size=100)
     assert info.value.log_id == 8 and info.value.error_code == "CHAIN_BROKEN"
     stuck = registry.get_pipeline(conn, pipeline.id)
     assert stuck.last_log_id == 5 and "log 8 does not verify" in stuck.last_error
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2, 3, 4, 5]  # 6 and 7 held back too
 
 
-def test_edited_post_commit_volumes_never_reach_the_warehouse(conn, ledger, pipeline, destination):
+def test_edited_post_commit_volumes_never_reach_the_warehouse(conn, ledger, pipeline, warehouse):
     send(conn, ledger, posting("world", "a", 5))
     conn.execute("""UPDATE ledger_core.logs SET data = jsonb_set(data, '{transaction,postCommitVolumes,a,USD/2}',
                         '{"input": 777777, "output": 0, "balance": 777777}') WHERE ledger = %s AND id = 1""", (ledger,))
     with pytest.raises(LogChainBroken, match="log 1 does not verify"):
-        sync(conn, pipeline, destination)
-    with destination.loader() as loader:
+        sync(conn, pipeline, warehouse)
+    with warehouse.loader() as loader:
         assert loader.read_table(BALANCES, ledger).num_rows == 0
 
 
 def test_an_exported_log_rewritten_with_a_valid_hash_is_caught_by_the_warehouse_anchor(conn, ledger, pipeline,
-                                                                                       destination):
+                                                                                       warehouse):
     activity(conn, ledger, 0, 3)
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     # Rewrite the last exported log *and* its hash and the ledger's head, so the chain alone still verifies.
     row = conn.execute("SELECT hash FROM ledger_core.logs WHERE ledger = %s AND id = 2", (ledger,)).fetchone()
     conn.execute("""UPDATE ledger_core.logs SET data = jsonb_set(data, '{transaction,metadata,n}', '"forged"')
@@ -302,7 +302,7 @@ def test_an_exported_log_rewritten_with_a_valid_hash_is_caught_by_the_warehouse_
     reads.verify_chain(conn, ledger)  # the forgery is self-consistent
     activity(conn, ledger, 3, 2)
     with pytest.raises(LogChainBroken, match=r"log 3 does not verify \(the warehouse received hash"):
-        sync(conn, pipeline, destination)
+        sync(conn, pipeline, warehouse)
 
 
 def _state_only(loader, pipeline, ledger, last_log_id: int, last_hash: str) -> None:
@@ -315,73 +315,73 @@ def _state_only(loader, pipeline, ledger, last_log_id: int, last_hash: str) -> N
     loader.load(empty, SyncState(pipeline.id, ledger, last_log_id, last_hash, datetime.now(UTC)))
 
 
-def test_a_wiped_warehouse_is_noticed_and_rebuilt(conn, ledger, pipeline, destination):
+def test_a_wiped_warehouse_is_noticed_and_rebuilt(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 10)
-    sync(conn, pipeline, destination)
-    destination.wipe()  # deleted, restored empty, or the exporter now points at a new database
+    sync(conn, pipeline, warehouse)
+    warehouse.wipe()  # deleted, restored empty, or the exporter now points at a new database
     activity(conn, ledger, 10, 3)
-    report = sync(conn, pipeline, destination)
+    report = sync(conn, pipeline, warehouse)
     assert (report.from_log_id, report.to_log_id, report.logs) == (1, 13, 13)
     assert "held logs up to 0 only" in report.note
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
     # Nothing new, warehouse wiped again: a sync with no new logs still notices and rebuilds it.
-    destination.wipe()
-    assert sync(conn, pipeline, destination).logs == 13
+    warehouse.wipe()
+    assert sync(conn, pipeline, warehouse).logs == 13
     assert registry.sync_history(conn, pipeline.id, limit=1)[0].note.startswith("the warehouse held logs up to 0")
 
 
-def test_a_warehouse_ahead_of_the_ledger_or_on_another_chain_stops(conn, ledger, pipeline, destination):
+def test_a_warehouse_ahead_of_the_ledger_or_on_another_chain_stops(conn, ledger, pipeline, warehouse):
     from ledger_pipelines.errors import WarehouseAhead
 
     activity(conn, ledger, 0, 5)
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     activity(conn, ledger, 5, 1)
     # sync_state is the furthest log the warehouse has held (its merge keeps the highest), so claims only rise.
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         _state_only(loader, pipeline, ledger, 6, "cd" * 32)
     with pytest.raises(LogChainBroken, match=r"log 6 does not verify .*another copy of this ledger"):
-        sync(conn, pipeline, destination)
-    with destination.loader() as loader:
+        sync(conn, pipeline, warehouse)
+    with warehouse.loader() as loader:
         _state_only(loader, pipeline, ledger, 9, "ab" * 32)
     with pytest.raises(WarehouseAhead, match=r"holds logs up to 9 .* which ends at log 6"):
-        sync(conn, pipeline, destination)
+        sync(conn, pipeline, warehouse)
     stuck = registry.get_pipeline(conn, pipeline.id)
     assert stuck.last_log_id == 5 and stuck.last_error_code == "WAREHOUSE_AHEAD"
 
 
-def test_resets_only_move_the_cursor_back(conn, ledger, pipeline, destination):
+def test_resets_only_move_the_cursor_back(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 3)
-    assert sync(conn, pipeline, destination, batch_size=1).to_log_id == 3
+    assert sync(conn, pipeline, warehouse, batch_size=1).to_log_id == 3
     registry.reset_pipeline(conn, pipeline.id, 1)
     with pytest.raises(InvalidReset, match="only moves the cursor back"):
         registry.reset_pipeline(conn, pipeline.id, 2)  # from 1 to 2 would skip log 2 for good
-    report = sync(conn, pipeline, destination)
+    report = sync(conn, pipeline, warehouse)
     assert (report.from_log_id, report.to_log_id) == (2, 3)
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2, 3]
 
 
-def test_setup_runs_only_for_a_new_or_older_schema_and_adds_columns_in_place(conn, ledger, pipeline, destination,
+def test_setup_runs_only_for_a_new_or_older_schema_and_adds_columns_in_place(conn, ledger, pipeline, warehouse,
                                                                             monkeypatch):
     from ledger_pipelines.loaders import DRIVERS
 
-    loader_class = DRIVERS.get(destination.driver)
+    loader_class = DRIVERS.get(warehouse.driver)
     setups = []
     original = loader_class.setup
     monkeypatch.setattr(loader_class, "setup", lambda self: (setups.append(1), original(self))[1])
     activity(conn, ledger, 0, 4)
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     assert len(setups) == 1  # the first sync builds the warehouse
     activity(conn, ledger, 4, 2)
-    sync(conn, pipeline, destination)
+    sync(conn, pipeline, warehouse)
     assert len(setups) == 1  # not again while its schema version is current
-    with destination.loader() as loader, loader.errors():  # a warehouse built before sync_state had the column
+    with warehouse.loader() as loader, loader.errors():  # a warehouse built before sync_state had the column
         loader.execute(f"ALTER TABLE {loader.qualified(SYNC_STATE)} DROP COLUMN {loader.ident('schema_version')}")
     activity(conn, ledger, 6, 2)
-    report = sync(conn, pipeline, destination)
+    report = sync(conn, pipeline, warehouse)
     assert len(setups) == 2 and report.note is None  # set up again, in place: no replay from the start
     assert report.from_log_id == report.to_log_id - 1  # only the two new logs
-    with destination.loader() as loader:
+    with warehouse.loader() as loader:
         assert loader.read_sync_state(pipeline.id)["schema_version"] == SCHEMA_VERSION
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)

@@ -6,8 +6,8 @@
 - Redshift: the suite's own PostgreSQL, in a database that defines what Redshift has and PostgreSQL lacks
   (`super`, `json_parse`, `json_serialize`).
 
-A stand-in that cannot start raises `StandInMissing`; the contract kit skips that destination with the reason,
-unless LEDGER_REQUIRE_ALL_DESTINATIONS is set (`make test`, CI), where it fails.
+A stand-in that cannot start raises `StandInMissing`; the contract kit skips that warehouse with the reason,
+unless LEDGER_REQUIRE_ALL_WAREHOUSES is set (`make test`, CI), where it fails.
 """
 
 from __future__ import annotations
@@ -51,6 +51,16 @@ class StandInMissing(Exception):
     """A stand-in is not installed or could not start; the message says how to get it."""
 
 
+def stop_group(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to the process's session (it was started with start_new_session), SIGKILL if it lingers."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,12 +97,7 @@ def bigquery_server() -> Iterator[str]:
         yield url
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process, timeout=10)
         log.close()
         shutil.rmtree(data, ignore_errors=True)
 
