@@ -37,7 +37,7 @@ $(CHROMIUM):
 # BigQuery's local stand-in (REFERENCE §4): local-bigquery, a BigQuery REST emulator on DuckDB, in a venv of its own
 # (it needs Python 3.13 and DuckDB 1.5.5, whose extensions are installed from their PyPI wheels' files, since
 # DuckDB cannot download them here). HOME is the venv's own folder, so the extensions stay inside it.
-PYTHON_BQ ?= $(shell ls -1 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13 2>/dev/null | tail -1 || command -v python3.13)
+PYTHON_BQ ?= $(firstword $(wildcard $(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null))
 BQ_DIR := build/bigquery
 BQ_STAMP := $(BQ_DIR)/.installed-$(shell cat tests/standins/bigquery-requirements.txt | cksum | cut -d' ' -f1)
 $(BQ_STAMP): tests/standins/bigquery-requirements.txt
