@@ -76,4 +76,4 @@ dev: $(STAMP) $(DAGSTER_HOME_DIR)/dagster.yaml
 # Stops the local PostgreSQL servers of this folder and deletes their data wherever it lives (it says where).
 clean:
 	@if [ -x $(BIN)/ledgerctl ]; then LEDGER_HOME=$(CURDIR) LEDGER_DATABASE_URL= $(BIN)/ledgerctl db remove --yes >/dev/null; fi
-	rm -rf $(VENV) .ledger .dagster_home .hypothesis build
+	rm -rf $(VENV) .ledger .dagster_home .hypothesis .ruff_cache ledger.egg-info build
