@@ -143,8 +143,19 @@ class DuckDBLoader(Loader):
     def column_type(self, kind: Kind) -> str:
         return MONEY_TEXT if kind is Kind.MONEY and self.money_as_text else super().column_type(kind)
 
+    def ensure_schema(self, pipeline_id: str) -> dict[str, Any] | None:
+        """As for every warehouse, plus the money setting: an `exporters update` to or from text converts the
+        money columns at the next sync, whatever the schema version says (one catalog query, local)."""
+        state = super().ensure_schema(pipeline_id)
+        with translate_errors():
+            self.convert_money()
+        return state
+
     def after_setup(self, columns: Mapping[str, set[str]]) -> None:
-        """The money setting may have changed since the tables were made: convert them in place."""
+        self.convert_money()
+
+    def convert_money(self) -> None:
+        """Money columns of another type than the setting asks for are converted in place."""
         money = self.column_type(Kind.MONEY)
         found = self.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
                            "WHERE table_schema = $schema", {"schema": self.schema})

@@ -157,3 +157,22 @@ def test_follow_backs_off_a_failing_pipeline_and_heals_without_a_new_write(conn,
         follower.join(timeout=30)
     assert reports and reports[0].to_log_id == 1
     assert registry.get_pipeline(conn, pipeline.id).failing is False
+
+
+def test_money_as_text_after_logs_were_loaded_converts_the_columns_at_the_next_sync(conn, ledger, duckdb_pipeline):
+    """The schema version says nothing of a setting: DuckDB converts its money columns when `money` changes, even
+    for a warehouse that has loaded logs already (so setup would not run again)."""
+    pipeline, _ = duckdb_pipeline
+    from ledger_pipelines.errors import ValueOutOfRange
+
+    send(conn, ledger, posting("world", "a", 5))
+    sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    send(conn, ledger, posting("world", "a", 10**40))
+    with pytest.raises(ValueOutOfRange):
+        sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    registry.update_exporter(conn, pipeline.exporter_id, {"money": "text"})
+    report = sync_pipeline(conn.info.dsn, pipeline.id, environ={}, verify_after=True)
+    assert report.to_log_id == 2 and all(c.passed for c in report.checks), report.checks
+    with _loader(conn, pipeline) as loader:
+        assert loader.query("SELECT balance FROM ledger.balances WHERE account = 'a'") == [(str(10**40 + 5),)]
+        assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
