@@ -82,7 +82,7 @@ def verify(conn: psycopg.Connection, loader: Loader, ledger: str, cursor: int, *
     touched = None if accounts is None else sorted(set(accounts))
     want = state.balances_of(conn, ledger, touched)
     have = {(r["account"], r["asset"]): (int(r["input"]), int(r["output"]), int(r["balance"]))
-            for r in (loader.balances(ledger, touched) if touched is None or touched else [])}
+            for r in loader.balances(ledger, touched)}
     diffs = []
     for key in sorted(set(want) | set(have)):
         w, h = want.get(key), have.get(key)

@@ -80,7 +80,6 @@ class Dialect:
     staging_types: Mapping[Kind, str] = field(default_factory=dict)  # a kind staged as another type
     insert_casts: Mapping[Kind, str] = field(default_factory=dict)  # staged value -> column value ("{}": it)
     select_casts: Mapping[Kind, str] = field(default_factory=dict)  # column value -> what the client reads
-    transactional: bool = True  # a batch and its sync state land together or not at all
     declare_primary_keys: bool = True  # False where an index costs bulk loads more than it protects
 
     def ident(self, name: str) -> str:
@@ -262,12 +261,15 @@ class Loader(ABC):
         kind = next(c.kind for c in table.columns if c.name == column)
         return f"ALTER TABLE {self.qualified(table)} ADD COLUMN {self.ident(column)} {self.column_type(kind)}"
 
+    def columns_catalog(self) -> tuple[str, dict[str, Any]]:
+        """The query listing (table_name, column_name) of this loader's schema, and its parameters."""
+        return ("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = "
+                f"{self.dialect.param('schema', Kind.STRING)}", {"schema": self._folded(self.schema)})
+
     def existing_columns(self) -> dict[str, set[str]]:
         """Table name -> its column names, as the warehouse has them now (names unfolded to ours)."""
-        rows = self.query("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = "
-                          f"{self.dialect.param('schema', Kind.STRING)}", {"schema": self._folded(self.schema)})
         found: dict[str, set[str]] = {}
-        for name, column in rows:
+        for name, column in self.query(*self.columns_catalog()):
             found.setdefault(str(name).lower(), set()).add(str(column).lower())
         return found
 
@@ -287,9 +289,9 @@ class Loader(ABC):
                 for column in table.column_names:
                     if column not in have.get(table.name, set()):
                         self.execute(self.add_column_sql(table, column))  # additive: a new, nullable column
-            self.after_setup(have)
+            self.after_setup()
 
-    def after_setup(self, columns: Mapping[str, set[str]]) -> None:  # noqa: B027 - optional hook
+    def after_setup(self) -> None:  # noqa: B027 - optional hook
         """Views, or converting columns whose type a setting changed."""
 
     def ensure_schema(self, pipeline_id: str) -> dict[str, Any] | None:
@@ -378,16 +380,20 @@ class Loader(ABC):
             return None
         return rows[0] if rows else None
 
+    def rows_in(self, table: Table, ledger: str, column: str, values: Sequence[Any]) -> list[dict[str, Any]]:
+        """Rows of `table` for `ledger` whose `column` is one of `values`, in IN lists of bounded length."""
+        kind = next(c.kind for c in table.columns if c.name == column)
+        where, params = self._ledger_is(ledger)
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(values), IN_LIST_CHUNK):
+            within, listed = self._in_list(column, kind, values[start:start + IN_LIST_CHUNK], "v")
+            found += self.select_rows(table, f"{where} AND {within}", {**params, **listed}, order=False)
+        return found
+
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
         """The current rows of `table` for `ledger` whose key (after `ledger`) is in `keys` (one-column keys)."""
-        [column] = [c for c in table.columns if c.name in table.key and c.name != "ledger"]
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(keys), IN_LIST_CHUNK):
-            chunk = [k[0] for k in keys[start:start + IN_LIST_CHUNK]]
-            where, params = self._ledger_is(ledger)
-            within, values = self._in_list(column.name, column.kind, chunk, "k")
-            found += self.select_rows(table, f"{where} AND {within}", {**params, **values}, order=False)
-        return found
+        [column] = [k for k in table.key if k != "ledger"]
+        return self.rows_in(table, ledger, column, [k[0] for k in keys])
 
     # -- aggregates for the checks ---------------------------------------------------------------------
 
@@ -419,14 +425,10 @@ class Loader(ABC):
 
     def balances(self, ledger: str, accounts: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Balance rows of `ledger`: of `accounts` only when given (what a batch touched), else all."""
-        where, params = self._ledger_is(ledger)
         if accounts is None:
+            where, params = self._ledger_is(ledger)
             return self.select_rows(BALANCES, where, params, order=False)
-        found: list[dict[str, Any]] = []
-        for start in range(0, len(accounts), IN_LIST_CHUNK):
-            within, values = self._in_list("account", Kind.STRING, accounts[start:start + IN_LIST_CHUNK], "a")
-            found += self.select_rows(BALANCES, f"{where} AND {within}", {**params, **values}, order=False)
-        return found
+        return self.rows_in(BALANCES, ledger, "account", accounts)
 
     def asset_sums(self, ledger: str) -> dict[str, int]:
         """Per asset, the sum of balances: two columns of the balances table, summed in the warehouse."""

@@ -182,13 +182,9 @@ class BigQueryLoader(Loader):
     def create_table_sql(self, table: Table) -> str:
         return f"{super().create_table_sql(table)} CLUSTER BY {', '.join(self.ident(k) for k in table.key[:4])}"
 
-    def existing_columns(self) -> dict[str, set[str]]:
-        rows = self.query(f"SELECT table_name, column_name FROM {self.ident(self.config['project'])}."
-                          f"{self.ident(self.schema)}.INFORMATION_SCHEMA.COLUMNS")
-        found: dict[str, set[str]] = {}
-        for name, column in rows:
-            found.setdefault(str(name), set()).add(str(column))
-        return found
+    def columns_catalog(self) -> tuple[str, dict[str, Any]]:
+        return (f"SELECT table_name, column_name FROM {self.ident(self.config['project'])}."
+                f"{self.ident(self.schema)}.INFORMATION_SCHEMA.COLUMNS", {})
 
     def delete_superseded_sql(self, table: Table, staged: str) -> str:
         same_key = " AND ".join(f"t.{self.ident(k)} = s.{self.ident(k)}" for k in table.key)

@@ -48,7 +48,6 @@ DIALECT = Dialect(
     max_identifier_length=255,
     quote="`",
     placeholder="{{{name}:{type}}}",
-    transactional=False,
 )
 
 # Month partitions on a column that never changes for a key; tables not listed are unpartitioned.
@@ -157,7 +156,7 @@ class ClickHouseLoader(Loader):
         return (f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {self.ident(column)} "
                 f"Nullable({self.column_type(kind)})")
 
-    def after_setup(self, columns: Mapping[str, set[str]]) -> None:
+    def after_setup(self) -> None:
         for table in ALL_TABLES:
             self.execute(f"CREATE OR REPLACE VIEW {self.qualified(f'{table.name}_final')} AS "
                          f"SELECT * FROM {self.qualified(table)} FINAL")

@@ -145,14 +145,12 @@ class DuckDBLoader(Loader):
 
     def ensure_schema(self, pipeline_id: str) -> dict[str, Any] | None:
         """As for every warehouse, plus the money setting: an `exporters update` to or from text converts the
-        money columns at the next sync, whatever the schema version says (one catalog query, local)."""
+        money columns at the next sync, whatever the schema version says (one catalog query, local). Setup
+        creates new tables with the setting's type already, so this is the one place conversion happens."""
         state = super().ensure_schema(pipeline_id)
         with translate_errors():
             self.convert_money()
         return state
-
-    def after_setup(self, columns: Mapping[str, set[str]]) -> None:
-        self.convert_money()
 
     def convert_money(self) -> None:
         """Money columns of another type than the setting asks for are converted in place."""

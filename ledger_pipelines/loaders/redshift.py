@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError
 from ledger_pipelines.loaders.base import Dialect, Loader, cast_money
-from ledger_pipelines.loaders.config import PORT_BOUNDS, ConfigField
+from ledger_pipelines.loaders.config import ConfigField
 from ledger_pipelines.loaders.postgres import PostgresLoader, copy_csv
 from ledger_pipelines.tables import Kind, Table
 
@@ -53,15 +53,10 @@ def copy_from_s3_sql(staged: str, columns: list[str], url: str, iam_role: str, r
 class RedshiftLoader(PostgresLoader):
     driver = "redshift"
     dialect = DIALECT
+    # PostgreSQL's settings ('port' 5439 and 'sslmode' require by default with 'host'; a 'dsn' says its own),
+    # plus where batches are staged.
     config_fields = (
-        ConfigField("dsn", str),
-        ConfigField("host", str),
-        ConfigField("port", int, bounds=PORT_BOUNDS),  # 5439 with 'host'; a 'dsn' says its own
-        ConfigField("user", str),
-        ConfigField("password", str, secret=True),
-        ConfigField("database", str),
-        ConfigField("sslmode", str),  # 'require' with 'host'; a 'dsn' says its own
-        ConfigField("schema", str, default="ledger"),
+        *PostgresLoader.config_fields,
         ConfigField("staging", str, default="s3"),
         ConfigField("s3_bucket", str),
         ConfigField("s3_prefix", str, default="ledger-staging"),

@@ -127,8 +127,8 @@ class SnowflakeLoader(Loader):
             self.cursor.execute("ROLLBACK")
             raise
 
-    def after_setup(self, columns: Mapping[str, set[str]]) -> None:
-        self.execute(f"USE SCHEMA {self.ident(self.schema)}")  # temporary staging tables live in it
+    def after_setup(self) -> None:
+        self.execute(f"USE SCHEMA {self.ident(self.schema)}")  # the temporary load stage lives in it
 
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """Upper-case column names (as created), and decimal128 money (values were checked against 38 digits)."""
