@@ -56,8 +56,13 @@ DIALECT = Dialect(
     declare_primary_keys=False,
 )
 TRANSIENT = (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, gexc.GatewayTimeout,
-             gexc.DeadlineExceeded, requests.ConnectionError, requests.Timeout)
+             gexc.DeadlineExceeded, gexc.RetryError, requests.ConnectionError, requests.Timeout)
 PARAMETER_TYPES = {bool: "BOOL", int: "INT64", str: "STRING"}
+# The client retries an unreachable API for 10 minutes by default, and re-runs failed jobs for 40. The sync's
+# own retry, then the next tick, handle transient failures: each call gives up after 20 s (RetryError, transient)
+# and a failed job is reported, not re-run.
+API_RETRY = bigquery.DEFAULT_RETRY.with_timeout(20.0)
+UPLOAD_TIMEOUT = 120.0
 
 
 @contextmanager
@@ -157,10 +162,14 @@ class BigQueryLoader(Loader):
         if self.pending is not None and not params:
             self.pending.append(sql)
             return
-        self.client.query(sql, job_config=self._job_config(params)).result()
+        self._run(sql, params)
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return [tuple(row.values()) for row in self.client.query(sql, job_config=self._job_config(params)).result()]
+        return [tuple(row.values()) for row in self._run(sql, params)]
+
+    def _run(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        job = self.client.query(sql, job_config=self._job_config(params), retry=API_RETRY, job_retry=None)
+        return job.result(retry=API_RETRY, job_retry=None)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -170,7 +179,7 @@ class BigQueryLoader(Loader):
             yield
             statements, self.pending = self.pending, None
             if statements:
-                self.client.query(script(statements)).result()
+                self._run(script(statements))
         finally:
             self.pending = None
 
@@ -209,8 +218,9 @@ class BigQueryLoader(Loader):
         pq.write_table(data, buffer)
         buffer.seek(0)
         self.client.load_table_from_file(buffer, f"{self.config['project']}.{self.schema}.{name}",
-                                         job_config=self.load_job_config(table)).result()
+                                         job_config=self.load_job_config(table), num_retries=2,
+                                         timeout=UPLOAD_TIMEOUT).result(retry=API_RETRY, timeout=UPLOAD_TIMEOUT)
         return self.qualified(name)
 
     def unstage(self, staged: str) -> None:
-        self.client.delete_table(staged.replace("`", ""), not_found_ok=True)
+        self.client.delete_table(staged.replace("`", ""), not_found_ok=True, retry=API_RETRY)

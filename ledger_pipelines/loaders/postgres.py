@@ -34,6 +34,7 @@ DIALECT = Dialect(
     select_casts={Kind.JSON: "{}::text", Kind.MONEY: "{}::text"},
 )
 CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
+CONNECT_TIMEOUT = 15  # s: an unreachable warehouse is a transient failure in seconds, not at the OS's TCP timeout
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})  # libpq parameters that carry a secret
 
 
@@ -96,6 +97,8 @@ class PostgresLoader(Loader):
             params["dbname"] = self.config["database"]
         if "password" in self.config:
             params["password"] = self.secret("password")
+        if "connect_timeout" not in conninfo_to_dict(self.config.get("dsn", "")):
+            params["connect_timeout"] = CONNECT_TIMEOUT
         with translate_errors(self.driver):
             self.conn = psycopg.connect(self.config.get("dsn", ""), autocommit=True, **params)
             self.conn.execute("SET TIME ZONE 'UTC'")

@@ -101,7 +101,9 @@ class SnowflakeLoader(Loader):
             if "private_key_passphrase" in self.config:
                 params["private_key_file_pwd"] = self.secret("private_key_passphrase")
         with translate_errors():
-            self.conn = snowflake.connector.connect(schema=self._folded(self.schema), timezone="UTC", **params)
+            # Bounded waits: an unreachable account is a transient failure the sync retries, not a hang.
+            self.conn = snowflake.connector.connect(schema=self._folded(self.schema), timezone="UTC",
+                                                    login_timeout=30, network_timeout=120, **params)
             self.cursor = self.conn.cursor()
         self.stage_made = False
 

@@ -176,3 +176,18 @@ def test_money_as_text_after_logs_were_loaded_converts_the_columns_at_the_next_s
     with _loader(conn, pipeline) as loader:
         assert loader.query("SELECT balance FROM ledger.balances WHERE account = 'a'") == [(str(10**40 + 5),)]
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+
+
+@pytest.mark.parametrize(("driver", "config"), [
+    ("bigquery", {"project": "local", "api_endpoint": "http://127.0.0.1:9"}),
+    ("redshift", {"host": "127.0.0.1", "port": 9, "database": "dev", "staging": "copy", "sslmode": "disable"}),
+])
+def test_an_unreachable_cloud_warehouse_is_a_transient_failure_within_seconds(driver, config):
+    """Their clients would otherwise retry or wait for many minutes: the sync's own retry and the next tick
+    are what heal a warehouse that went away."""
+    from ledger_pipelines.loaders import open_loader
+
+    began = time.monotonic()
+    with pytest.raises(TransientLoadError, match=f"^{driver}: "), open_loader(driver, config, {}) as loader:
+        loader.ensure_schema("p")
+    assert time.monotonic() - began < 40
