@@ -1,17 +1,22 @@
-"""Sync throughput: our pipeline into DuckDB against dlt and against the physical ceiling, same data, same run.
+"""Sync throughput: our pipeline against dlt and against the physical ceiling, same data, same run.
 
-A fresh database holds one ledger of TRANSACTIONS 2-posting transactions (some metadata, some reverts).
-Three ways move it into DuckDB, first in full, then after 10% more transactions, incrementally:
+Two ledger shapes, each a fresh database of TRANSACTIONS transactions (BENCH_SYNC_TRANSACTIONS, default
+200,000), metadata on every transaction, account metadata on every 50th, a revert every 997th:
+- "2 postings, 1 asset": world -> user -> fees, in USD/2 (the shape of the first benchmark);
+- "3 postings, 5 assets": world -> user -> seller, and a fee, in one of five assets (ETH/18 among them).
 
-- ours: `sync_pipeline` (log reader -> transforms -> DuckDB merge), six typed tables;
-- dlt: its `sql_database` source with `backend="pyarrow"` copying the ledger's own tables (logs,
-  transactions and moves incrementally on their ids, accounts and volumes merged on their keys), JSON
-  kept as text (see run_dlt for why the defaults cannot load this ledger at all);
+Each contender runs in its own process (its peak memory is its own), first in full, then after 10% more
+transactions, incrementally:
+- ours -> DuckDB, PostgreSQL, ClickHouse (chdb): `sync_pipeline`: every log checked against the hash chain,
+  six typed tables computed set-based, merged idempotently;
+- dlt, `sql_database` with the connectorx and pyarrow backends, copying the ledger's own tables (logs,
+  transactions and moves incrementally on their ids, accounts and volumes merged on their keys), JSON kept
+  as text (see run_dlt for why the defaults cannot load this ledger at all); dlt loads into DuckDB;
 - ceiling: binary COPY of those same tables out of PostgreSQL into Arrow (ADBC) and straight into DuckDB,
   the least work any tool can do.
 
-Rows are counted the same way for all three: the rows of the ledger's tables the warehouse reflects
-(logs + transactions + moves + accounts + volumes), so rows/s and the ratios compare like with like.
+Rows are counted the same way for all: the rows of the ledger's tables the warehouse reflects (logs +
+transactions + moves + accounts + volumes), so rows/s and the ratios compare like with like.
 """
 
 from __future__ import annotations
@@ -37,23 +42,44 @@ from ledger_core.ledgers import create_ledger
 from ledger_core.requests import NewTransaction, RevertTransaction, SetMetadata
 from ledger_core.writer import write
 from ledger_pipelines import registry
-from ledger_pipelines.sync import sync_pipeline
+from ledger_pipelines.sync import DEFAULT_BATCH_SIZE, sync_pipeline
 
 TRANSACTIONS = int(os.environ.get("BENCH_SYNC_TRANSACTIONS", "200000"))
+CONTENDERS = os.environ.get("BENCH_SYNC_ONLY", "")  # comma-separated names, for a quick look at a few
 LEDGER = "bench-sync"
 SOURCE_TABLES = ("logs", "transactions", "moves", "accounts", "volumes")
 APPEND_KEYS = {"logs": "id", "transactions": "id", "moves": "seq"}
+CEILING = "ceiling (COPY->Arrow->DuckDB)"
 
 
-def fill(conn, start: int, count: int, rng: random.Random) -> None:
+ASSETS = ["USD/2", "EUR/2", "GBP/2", "JPY", "ETH/18"]
+
+
+def _simple(i: int, rng: random.Random) -> tuple[str, list[dict]]:
+    account = f"users:{rng.randrange(20_000)}"
+    return account, [
+        {"source": "world", "destination": account, "amount": rng.randint(100, 99_999), "asset": "USD/2"},
+        {"source": account, "destination": "fees", "amount": 7, "asset": "USD/2"}]
+
+
+def _marketplace(i: int, rng: random.Random) -> tuple[str, list[dict]]:
+    account, seller, asset = f"users:{rng.randrange(20_000)}", f"sellers:{rng.randrange(500)}", rng.choice(ASSETS)
+    amount = rng.randint(1_000, 999_999) * (10**12 if asset == "ETH/18" else 1)
+    return account, [
+        {"source": "world", "destination": account, "amount": amount, "asset": asset},
+        {"source": account, "destination": seller, "amount": amount - 100, "asset": asset},
+        {"source": account, "destination": "fees", "amount": 100, "asset": asset}]
+
+
+SHAPES = {"2 postings, 1 asset": _simple, "3 postings, 5 assets": _marketplace}
+
+
+def fill(conn, shape: str, start: int, count: int, rng: random.Random) -> None:
     bulk = []
     for i in range(start, start + count):
-        account = f"users:{rng.randrange(20_000)}"
-        bulk.append(NewTransaction.from_json({
-            "postings": [
-                {"source": "world", "destination": account, "amount": rng.randint(100, 99_999), "asset": "USD/2"},
-                {"source": account, "destination": "fees", "amount": 7, "asset": "USD/2"}],
-            "metadata": {"order": str(i)}, "reference": f"order-{i}"}))
+        account, postings = SHAPES[shape](i, rng)
+        bulk.append(NewTransaction.from_json({"postings": postings, "metadata": {"order": str(i)},
+                                              "reference": f"order-{i}"}))
         if i % 50 == 0:
             bulk.append(SetMetadata.build("ACCOUNT", account, {"tier": rng.choice(["gold", "silver"])}))
         if len(bulk) >= 5_000:
@@ -75,7 +101,7 @@ def run_ours(url: str, state: dict, pipeline_id: str) -> float:
     return time.perf_counter() - started
 
 
-def run_dlt(url: str, state: dict, warehouse: str, workdir: str) -> float:
+def run_dlt(url: str, state: dict, backend: str, warehouse: str, workdir: str) -> float:
     import dlt
     import sqlalchemy as sa
     from dlt.sources.sql_database import sql_database
@@ -89,13 +115,13 @@ def run_dlt(url: str, state: dict, warehouse: str, workdir: str) -> float:
                                          else c for c in table.c])
 
     source = sql_database(credentials=url.replace("postgresql://", "postgresql+psycopg://"), schema="ledger_core",
-                          table_names=list(SOURCE_TABLES), backend="pyarrow", query_adapter_callback=json_as_text,
+                          table_names=list(SOURCE_TABLES), backend=backend, query_adapter_callback=json_as_text,
                           type_adapter_callback=lambda t: sa.Text() if isinstance(t, JSONB | sa.JSON) else t)
     for table, key in APPEND_KEYS.items():
         source.resources[table].apply_hints(incremental=dlt.sources.incremental(key), write_disposition="append")
     source.resources["accounts"].apply_hints(primary_key=["ledger", "address"], write_disposition="merge")
     source.resources["volumes"].apply_hints(primary_key=["ledger", "account", "asset"], write_disposition="merge")
-    pipeline = dlt.pipeline(pipeline_name="bench_dlt", destination=dlt.destinations.duckdb(warehouse),
+    pipeline = dlt.pipeline(pipeline_name=f"bench_dlt_{backend}", destination=dlt.destinations.duckdb(warehouse),
                             dataset_name="ledger", pipelines_dir=workdir)
     started = time.perf_counter()
     pipeline.run(source)
@@ -149,67 +175,98 @@ def isolated(function, *args, state: dict) -> dict:
     return {"seconds": seconds, "peak_mib": peak_mib, "error": None}
 
 
-def main() -> None:
-    base = bench_database_url()
+def run_shape(base: str, shape: str) -> list[dict]:
     admin = base.rsplit("/", 1)[0] + "/postgres"
     with connect(admin, check_schema=False) as conn:
-        conn.execute("DROP DATABASE IF EXISTS ledger_bench_sync WITH (FORCE)")
-    ensure_database(admin, "ledger_bench_sync")
+        for name in ("ledger_bench_sync", "ledger_bench_sync_wh"):
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            ensure_database(admin, name)
     url = migrated(base.rsplit("/", 1)[0] + "/ledger_bench_sync")
+    warehouse_url = base.rsplit("/", 1)[0] + "/ledger_bench_sync_wh"
     workdir = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     rng = random.Random(7)
     try:
         with connect(url) as conn:
             create_ledger(conn, LEDGER)
             started = time.perf_counter()
-            fill(conn, 0, TRANSACTIONS, rng)
-            print(f"ledger: {TRANSACTIONS:,} transactions written in {time.perf_counter() - started:.1f}s", flush=True)
-            exporter = registry.create_exporter(conn, "duckdb", {"path": str(workdir / "ours.duckdb")})
-            pipeline = registry.create_pipeline(conn, LEDGER, exporter.id)
+            fill(conn, shape, 0, TRANSACTIONS, rng)
+            print(f"{shape}: {TRANSACTIONS:,} transactions written in {time.perf_counter() - started:.1f}s", flush=True)
+            pipelines = {}
+            for name, driver, config in (
+                    ("ours -> DuckDB", "duckdb", {"path": str(workdir / "ours.duckdb")}),
+                    ("ours -> PostgreSQL", "postgres", {"dsn": warehouse_url, "schema": "ledger"}),
+                    ("ours -> ClickHouse", "clickhouse", {"chdb_path": str(workdir / "chdb")})):
+                exporter = registry.create_exporter(conn, driver, config)
+                pipelines[name] = registry.create_pipeline(conn, LEDGER, exporter.id).id
             rows_full = source_rows(conn)
-        states: dict[str, dict] = {"ours": {}, "dlt (pyarrow)": {}, "ceiling (COPY->Arrow->DuckDB)": {}}
-        ways = {"ours": (run_ours, url, pipeline.id),
-                "dlt (pyarrow)": (run_dlt, url, str(workdir / "dlt.duckdb"), str(workdir / "dlt")),
-                "ceiling (COPY->Arrow->DuckDB)": (run_ceiling, url, str(workdir / "ceiling.duckdb"))}
+        ways = {**{name: (run_ours, url, pipeline_id) for name, pipeline_id in pipelines.items()},
+                "dlt (connectorx)": (run_dlt, url, "connectorx", str(workdir / "dlt-cx.duckdb"), str(workdir / "dlt")),
+                "dlt (pyarrow)": (run_dlt, url, "pyarrow", str(workdir / "dlt-pa.duckdb"), str(workdir / "dlt")),
+                CEILING: (run_ceiling, url, str(workdir / "ceiling.duckdb"))}
+        if CONTENDERS:
+            ways = {k: v for k, v in ways.items() if k in CONTENDERS.split(",") or k == CEILING}
+        states: dict[str, dict] = {name: {} for name in ways}
         full = {}
         for name, (function, *args) in ways.items():
             full[name] = isolated(function, *args, state=states[name])
             print(f"  full  {name}: {full[name]}", flush=True)
         with connect(url) as conn:
-            fill(conn, TRANSACTIONS, TRANSACTIONS // 10, rng)
+            fill(conn, shape, TRANSACTIONS, TRANSACTIONS // 10, rng)
             rows_incremental = source_rows(conn) - rows_full
         incremental = {}
         for name, (function, *args) in ways.items():
             incremental[name] = isolated(function, *args, state=states[name])
             print(f"  incr  {name}: {incremental[name]}", flush=True)
-        # Every contender must hold every log, or its time means nothing.
-        with connect(url) as conn:
-            expected = conn.execute("SELECT count(*) FROM ledger_core.logs").fetchone()[0]
-        for name, path, table in (("ours", "ours.duckdb", "ledger.logs"),
-                                  ("dlt (pyarrow)", "dlt.duckdb", "ledger.logs"),
-                                  ("ceiling (COPY->Arrow->DuckDB)", "ceiling.duckdb", "logs")):
-            if incremental[name]["error"] is None:
-                with duckdb.connect(str(workdir / path), read_only=True) as warehouse:
-                    found = warehouse.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                assert found == expected, f"{name} holds {found} logs of {expected}"
+        check_every_log_arrived(url, warehouse_url, workdir, {n: r for n, r in incremental.items() if not r["error"]})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results = []
     for phase, timings, rows in (("full", full, rows_full), ("incremental +10%", incremental, rows_incremental)):
-        ours = timings["ours"]["seconds"]
+        ceiling = timings[CEILING]["seconds"]
         for name, run in timings.items():
             seconds = run["seconds"]
-            results.append({"phase": phase, "way": name, "rows": rows, **run,
+            results.append({"shape": shape, "phase": phase, "way": name, "rows": rows, **run,
                             "rows_per_s": rows / seconds if seconds else None,
-                            "ours_speed_vs_this": seconds / ours if seconds and ours else None})
+                            "vs_ceiling": ceiling / seconds if seconds and ceiling else None})
+    return results
+
+
+def check_every_log_arrived(url: str, warehouse_url: str, workdir: Path, finished: dict) -> None:
+    """Every contender must hold every log, or its time means nothing."""
+    with connect(url) as conn:
+        expected = conn.execute("SELECT count(*) FROM ledger_core.logs").fetchone()[0]
+    for name in finished:
+        if name == "ours -> PostgreSQL":
+            with connect(warehouse_url, check_schema=False) as conn:
+                found = conn.execute("SELECT count(*) FROM ledger.logs").fetchone()[0]
+        elif name == "ours -> ClickHouse":
+            import chdb.session
+            session = chdb.session.Session(str(workdir / "chdb"))
+            found = int(session.query("SELECT count() FROM ledger.logs FINAL", "CSV").data().strip())
+            session.close()
+        else:
+            path, table = {"ours -> DuckDB": ("ours.duckdb", "ledger.logs"),
+                           "dlt (connectorx)": ("dlt-cx.duckdb", "ledger.logs"),
+                           "dlt (pyarrow)": ("dlt-pa.duckdb", "ledger.logs"), CEILING: ("ceiling.duckdb", "logs")}[name]
+            with duckdb.connect(str(workdir / path), read_only=True) as warehouse:
+                found = warehouse.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        assert found == expected, f"{name} holds {found} logs of {expected}"
+
+
+def main() -> None:
+    base = bench_database_url()
+    results = [r for shape in SHAPES for r in run_shape(base, shape)]
     print_table(
-        f"Sync of a {TRANSACTIONS:,}-transaction ledger into DuckDB (rows = ledger table rows reflected)",
-        ["phase", "way", "seconds", "rows", "rows/s", "peak MiB", "ours speed vs this"],
-        [[r["phase"], r["way"], r["seconds"] if r["seconds"] else r["error"], r["rows"], r["rows_per_s"] or "-",
-          r["peak_mib"] or "-", f"{r['ours_speed_vs_this']:.2f}x" if r["ours_speed_vs_this"] else "-"]
+        f"Sync of {TRANSACTIONS:,}-transaction ledgers (rows = ledger table rows reflected; vs ceiling = ceiling's "
+        "time / this one's: 1.00 is the ceiling's speed)",
+        ["shape", "phase", "way", "seconds", "rows", "rows/s", "peak MiB", "vs ceiling"],
+        [[r["shape"], r["phase"], r["way"], r["seconds"] if r["seconds"] else r["error"], r["rows"],
+          r["rows_per_s"] or "-", r["peak_mib"] or "-", f"{r['vs_ceiling']:.2f}" if r["vs_ceiling"] else "-"]
          for r in results],
     )
-    save("sync", {"transactions": TRANSACTIONS, "results": results})
+    print(f"\nours syncs in batches of {DEFAULT_BATCH_SIZE:,} logs, the next read while one loads: its peak memory "
+          "follows the batch, not the ledger (compare the full sync's peak with the incremental one's, 10x fewer logs)")
+    save("sync", {"transactions": TRANSACTIONS, "batch_size": DEFAULT_BATCH_SIZE, "results": results})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ledger_core import hashing
 
 LOGS_CHANNEL = "ledger_core_logs"  # NOTIFY channel, sent in each write's transaction: payload "<ledger>:<last log id>"
 
@@ -21,6 +25,26 @@ LOGS_CHANNEL = "ledger_core_logs"  # NOTIFY channel, sent in each write's transa
 LOG_BATCH_QUERY = """
     SELECT id, type, date, idempotency_key, encode(hash, 'hex') AS hash, data::text AS data, hash_version
     FROM ledger_core.logs WHERE ledger = $1 AND id > $2 AND id <= $3 ORDER BY id LIMIT $4"""
+
+
+def first_broken_link(ledger: str, logs: pa.Table, *, previous: bytes | None, previous_id: int,
+                      previous_version: int) -> hashing.BrokenLink | None:
+    """`hashing.first_broken_link` over a batch read with LOG_BATCH_QUERY (an Arrow table), continuing from
+    log `previous_id` whose hash is `previous`: what the consumer received is what it checks."""
+    stored = map(hashing.StoredLog, logs.column("id").to_pylist(), logs.column("type").to_pylist(),
+                 rfc3339(logs.column("date")).to_pylist(), logs.column("idempotency_key").to_pylist(),
+                 logs.column("data").to_pylist(), map(bytes.fromhex, logs.column("hash").to_pylist()),
+                 logs.column("hash_version").to_pylist())
+    return hashing.first_broken_link(ledger, stored, previous=previous, previous_id=previous_id,
+                                     previous_version=previous_version)
+
+
+def rfc3339(dates: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`validation.format_timestamp` column-wise: UTC, fraction without trailing zeros, `Z` (tested equal)."""
+    text = pc.strftime(dates, "%Y-%m-%dT%H:%M:%S")  # microsecond timestamps print their 6-digit fraction
+    text = pc.replace_substring_regex(text, r"(\.[0-9]*?)0*$", r"\1")
+    text = pc.replace_substring_regex(text, r"\.$", "")
+    return pc.binary_join_element_wise(text, "Z", "")
 
 
 def ledger_exists(conn: psycopg.Connection, ledger: str) -> bool:

@@ -27,6 +27,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 HASH_VERSION = 2  # what the writer uses
@@ -54,7 +55,8 @@ def jsonb_text(value: Any) -> str:
 
 
 def _string(value: str | None) -> str:
-    return "null" if value is None else json.dumps(value, ensure_ascii=False)
+    # What json.dumps(value, ensure_ascii=False) returns for a string, without its per-call set-up.
+    return "null" if value is None else encode_basestring(value)
 
 
 def canonical(*, ledger: str, log_id: int, log_type: str, date: str, idempotency_key: str | None,
@@ -105,12 +107,13 @@ class StoredLog:
 
 def recompute(ledger: str, previous: bytes | None, log: StoredLog) -> bytes:
     """The hash `log` must have if it follows a log whose hash is `previous`."""
-    fields: dict[str, Any] = {"ledger": ledger, "log_id": log.id, "log_type": log.type, "date": log.date,
-                              "idempotency_key": log.idempotency_key}
     if log.hash_version == 2:
-        return chain_hash(previous, canonical(**fields, data_text=log.data_text))
+        return chain_hash(previous, canonical(ledger=ledger, log_id=log.id, log_type=log.type, date=log.date,
+                                              idempotency_key=log.idempotency_key, data_text=log.data_text))
     if log.hash_version == 1:
-        return chain_hash(previous, canonical_v1(**fields, data=json.loads(log.data_text)))
+        return chain_hash(previous, canonical_v1(ledger=ledger, log_id=log.id, log_type=log.type, date=log.date,
+                                                 idempotency_key=log.idempotency_key,
+                                                 data=json.loads(log.data_text)))
     raise ValueError(f"unknown hash version {log.hash_version}")
 
 

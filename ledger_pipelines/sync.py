@@ -26,17 +26,18 @@ from __future__ import annotations
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 
-from ledger_core import export, hashing
+from ledger_core import export
 from ledger_core.db import connect
-from ledger_core.validation import format_timestamp
 from ledger_pipelines import registry
 from ledger_pipelines.errors import (
     LogChainBroken,
@@ -52,7 +53,7 @@ from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.reader import LogReader
 from ledger_pipelines.tables import BALANCES, Batch, SyncState
-from ledger_pipelines.transforms import transform
+from ledger_pipelines.transforms import Transformer
 from ledger_pipelines.verify import CheckResult, freshness, verify
 
 DEFAULT_BATCH_SIZE = 20_000
@@ -246,27 +247,19 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
     cursor, previous_hash, previous_version = _reconcile(conn, loader, pipeline, done)
     target = pipeline.ledger_last_log_id
     if cursor < target:
-        with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader:
-            while cursor < target:
-                logs = reader.read(pipeline.ledger, after=cursor, up_to=target, limit=batch_size).to_pylist()
-                if not logs:
-                    raise LogGap(pipeline.ledger, cursor + 1, cursor)
-                stored = [hashing.StoredLog(r["id"], r["type"], format_timestamp(r["date"]), r["idempotency_key"],
-                                            r["data"], bytes.fromhex(r["hash"]), r["hash_version"]) for r in logs]
-                broken = hashing.first_broken_link(pipeline.ledger, stored, previous=previous_hash,
-                                                   previous_id=cursor, previous_version=previous_version)
-                if broken is not None:
-                    raise LogChainBroken(pipeline.ledger, broken.log_id, broken.reason)
-                previous_hash, previous_version = stored[-1].hash, stored[-1].hash_version
+        with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader, \
+                Transformer() as transformer, closing(_verified_batches(
+                    reader, pipeline.ledger, cursor, target, batch_size, previous_hash, previous_version)) as batches:
+            for logs in batches:
                 try:
-                    cursor = _load(conn, pipeline, loader, logs, cursor, fault, done)
+                    cursor = _load(conn, pipeline, loader, transformer, logs, cursor, fault, done)
                 except ValueOutOfRange as exc:
                     # Everything before the log that does not fit still goes in; the cursor stops right before it.
                     # (The first value found may not be in the batch's earliest such log: shrink until it loads.)
                     first_bad = exc
-                    while before := [r for r in logs if r["id"] < first_bad.log_id]:
+                    while (before := logs.slice(0, first_bad.log_id - cursor - 1)).num_rows:
                         try:
-                            cursor = _load(conn, pipeline, loader, before, cursor, fault, done)
+                            cursor = _load(conn, pipeline, loader, transformer, before, cursor, fault, done)
                             break
                         except ValueOutOfRange as earlier:
                             first_bad = earlier
@@ -278,10 +271,36 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
                       time.perf_counter() - started)
 
 
-def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader, logs: Sequence[dict[str, Any]],
-          cursor: int, fault: FaultHook, done: _Progress) -> int:
+def _verified_batches(reader: LogReader, ledger: str, after: int, up_to: int, limit: int, previous: bytes | None,
+                      previous_version: int) -> Iterator[pa.Table]:
+    """The logs `after < id <= up_to` in contiguous batches, each checked link by link (continuing from the
+    hash `previous` of log `after`) before it is handed over. The next batch is read and checked on a worker
+    thread while the caller loads this one: PostgreSQL, the check and the warehouse work at the same time."""
+
+    def read(after: int, previous: bytes | None, previous_version: int) -> pa.Table:
+        logs = reader.read(ledger, after=after, up_to=up_to, limit=limit)
+        if not logs.num_rows:
+            raise LogGap(ledger, after + 1, after)
+        broken = export.first_broken_link(ledger, logs, previous=previous, previous_id=after,
+                                          previous_version=previous_version)
+        if broken is not None:
+            raise LogChainBroken(ledger, broken.log_id, broken.reason)
+        return logs
+
+    with ThreadPoolExecutor(1, thread_name_prefix="log-reader") as worker:
+        ahead: Future[pa.Table] | None = worker.submit(read, after, previous, previous_version)
+        while ahead is not None:
+            logs = ahead.result()
+            last = logs.column("id")[-1].as_py()
+            ahead = worker.submit(read, last, bytes.fromhex(logs.column("hash")[-1].as_py()),
+                                  logs.column("hash_version")[-1].as_py()) if last < up_to else None
+            yield logs
+
+
+def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader, transformer: Transformer,
+          logs: pa.Table, cursor: int, fault: FaultHook, done: _Progress) -> int:
     """Transform and merge one contiguous batch, then move the cursor to its last log; return the new cursor."""
-    batch = transform(pipeline.ledger, logs, loader.fetch_current, loader.money_digits)
+    batch = transformer.transform(pipeline.ledger, logs, loader.fetch_current, loader.money_digits)
     fault("before_load")
     loader.load(batch, SyncState(pipeline.id, pipeline.ledger, batch.last_log_id, batch.last_log_hash,
                                  datetime.now(UTC)))

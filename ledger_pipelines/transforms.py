@@ -1,30 +1,44 @@
-"""From logs to warehouse rows.
+"""From logs to warehouse rows, set-based.
 
-A batch of logs becomes one Arrow table per warehouse table. Immutable facts (logs, postings, moves)
-come straight from each log. Current-state tables (transactions, accounts, balances) are folded: the
-rows the batch touches start from what the warehouse holds (fetched by key through the loader), the
-batch's logs are applied in id order, and each resulting row carries the id of the last log that
-changed it. Folding is idempotent (metadata keys are set or deleted, first use is a minimum, balances
-come whole from post-commit volumes), so a batch replayed over a warehouse that already has it, after a
-crash or a reset, produces the same rows.
+A batch of logs (the reader's Arrow table) becomes one Arrow table per warehouse table, computed by SQL in
+an in-process DuckDB over that Arrow table, with no Python per row:
 
-Money stays a Python int from the JSON parser to Arrow's decimal256(76, 0): never a float.
+- every log's JSON is unpacked once (`json_transform` to typed structs), then postings and moves are
+  unnested, and each move's post-commit volumes are its transaction's pre-commit volumes plus a window sum
+  over the moves before it (sources before destinations within a posting, as the writer applies them);
+- current-state tables are folded: transactions and accounts start from the rows the warehouse holds
+  (fetched by key through the loader), then every change the batch makes to them with a newer log id is
+  applied in log order (metadata as JSON merge patches, first use as a minimum, the last change's date);
+  balances come whole from each transaction's post-commit volumes, the last per key. Each row carries the
+  id of the last log that changed it, so a batch replayed over a warehouse that has it changes nothing.
+
+Why here and not in PostgreSQL: the logs' text is read anyway (it is the `logs` table), and DuckDB unpacks
+it on the sync's own cores. The same tables computed with jsonb functions in PostgreSQL took about twice
+as long as the whole sync does now, on the ledger database's single backend (measured on 50,000
+three-posting logs). Why not the ledger's own typed tables: the warehouse would then receive values the
+hash chain does not vouch for; every value computed here comes from log text the sync checked link by link.
+
+Money is never a float: JSON numbers are read as their digits, summed as BIGNUM (arbitrary precision), and
+handed to Arrow as decimal256(76, 0) through their text. A value wider than the warehouse holds stops the
+batch naming the earliest log that carries one.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ledger_pipelines.errors import MissingBaseRow, ValueOutOfRange
 from ledger_pipelines.tables import (
     ACCOUNTS,
     ARROW_TYPES,
     BALANCES,
+    DATA_TABLES,
     LOGS,
     MONEY_DIGITS,
     MOVES,
@@ -35,223 +49,238 @@ from ledger_pipelines.tables import (
     Table,
 )
 
-MONEY_TYPE = ARROW_TYPES[Kind.MONEY]
+# fetch_current(table, ledger, keys) -> the warehouse's current rows of `table` with those (one-column) keys
+FetchCurrent = Callable[[Table, str, Sequence[Any]], pa.Table]
 
-# fetch_current(table, ledger, keys) -> current warehouse rows (as dicts) for those keys
-FetchCurrent = Callable[[Table, str, Sequence[tuple[Any, ...]]], list[dict[str, Any]]]
+_VOLUMES = "MAP(VARCHAR, MAP(VARCHAR, STRUCT(input VARCHAR, output VARCHAR)))"
+_TRANSACTION = {
+    "id": "BIGINT", "timestamp": "TIMESTAMPTZ", "insertedAt": "TIMESTAMPTZ", "reference": "VARCHAR",
+    "metadata": "JSON", "revertedAt": "TIMESTAMPTZ",
+    "postings": [{"source": "VARCHAR", "destination": "VARCHAR", "asset": "VARCHAR", "amount": "VARCHAR"}],
+    "postCommitVolumes": _VOLUMES,  # a move's volumes are these less the moves after it: one map, not two
+}
+# What the transforms read of a log's data (Formance v2 log payloads); numbers as VARCHAR keep their digits.
+LOG_SHAPE = json.dumps({
+    "transaction": _TRANSACTION,
+    "revertedTransaction": {"id": "BIGINT", "revertedAt": "TIMESTAMPTZ"},
+    "accountMetadata": "MAP(VARCHAR, JSON)",
+    "targetType": "VARCHAR", "targetId": "VARCHAR", "metadata": "JSON", "key": "VARCHAR",
+})
+
+_TRANSACTION_LOGS = "('NEW_TRANSACTION', 'REVERTED_TRANSACTION')"
+
+# The batch, unpacked once; `log` is the reader's Arrow table, registered for the statement's duration.
+_PREPARE = f"""
+CREATE OR REPLACE TEMP TABLE parsed AS
+    SELECT log_id, type, date, d,
+           CASE WHEN d.targetType = 'TRANSACTION' THEN d.targetId::BIGINT END AS target_transaction
+    FROM (SELECT id AS log_id, type, date, json_transform(data, '{LOG_SHAPE}') AS d FROM log);
+CREATE OR REPLACE TEMP TABLE tx_logs AS
+    SELECT log_id, date, d.transaction AS tx FROM parsed WHERE type IN {_TRANSACTION_LOGS};
+-- transactions the batch changes (reverts, metadata) without creating them: the warehouse must hold them
+CREATE OR REPLACE TEMP TABLE earlier_transactions AS
+    SELECT id, log_id FROM (
+        SELECT d.revertedTransaction.id AS id, log_id FROM parsed WHERE type = 'REVERTED_TRANSACTION'
+        UNION ALL SELECT target_transaction, log_id FROM parsed
+        WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND target_transaction IS NOT NULL)
+    WHERE id NOT IN (SELECT tx.id FROM tx_logs);
+CREATE OR REPLACE TEMP TABLE move_rows AS
+    WITH postings AS (
+        SELECT log_id, date, tx.id AS transaction_id, tx.timestamp, tx.insertedAt AS inserted_at,
+               unnest(tx.postings) AS p, generate_subscripts(tx.postings, 1) - 1 AS posting_index
+        FROM tx_logs)
+    SELECT log_id, date, transaction_id, posting_index::INTEGER AS posting_index, s.is_source,
+           CASE WHEN s.is_source THEN p.source ELSE p.destination END AS account, p.asset AS asset,
+           p.amount AS amount, timestamp, inserted_at
+    FROM postings CROSS JOIN (VALUES (true), (false)) s(is_source);
+CREATE OR REPLACE TEMP TABLE post_volumes AS
+    SELECT log_id, account, a.key AS asset, a.value.input AS input, a.value.output AS output
+    FROM (SELECT log_id, v.key AS account, unnest(map_entries(v.value)) AS a
+          FROM (SELECT log_id, unnest(map_entries(tx.postCommitVolumes)) AS v FROM tx_logs));
+"""
+
+_TABLE_SQL: dict[str, str] = {
+    LOGS.name: "SELECT $ledger AS ledger, id, type, date, idempotency_key, hash, data, id AS log_id FROM log",
+    POSTINGS.name: """
+        SELECT $ledger AS ledger, transaction_id, posting_index, any_value(account) FILTER (is_source) AS source,
+               any_value(account) FILTER (NOT is_source) AS destination, any_value(asset) AS asset,
+               any_value(amount) AS amount, any_value(timestamp) AS timestamp, log_id
+        FROM move_rows GROUP BY log_id, transaction_id, posting_index""",
+    MOVES.name: """
+        WITH volumes AS (
+            SELECT m.*,
+                   post.input::BIGNUM - coalesce(sum(CASE WHEN is_source THEN 0::BIGNUM ELSE amount::BIGNUM END)
+                                                 OVER later, 0::BIGNUM) AS input,
+                   post.output::BIGNUM - coalesce(sum(CASE WHEN is_source THEN amount::BIGNUM ELSE 0::BIGNUM END)
+                                                  OVER later, 0::BIGNUM) AS output
+            FROM move_rows m JOIN post_volumes post USING (log_id, account, asset)
+            WINDOW later AS (PARTITION BY m.log_id, m.account, m.asset ORDER BY posting_index, is_source DESC
+                             ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING))
+        SELECT $ledger AS ledger, transaction_id, posting_index, is_source, account, asset, amount, timestamp,
+               inserted_at, input::VARCHAR AS post_commit_input, output::VARCHAR AS post_commit_output,
+               (input - output)::VARCHAR AS post_commit_balance, log_id
+        FROM volumes""",
+    BALANCES.name: """
+        SELECT $ledger AS ledger, account, asset, input, output,
+               (input::BIGNUM - output::BIGNUM)::VARCHAR AS balance, log_id
+        FROM post_volumes QUALIFY row_number() OVER (PARTITION BY account, asset ORDER BY log_id DESC) = 1""",
+    # Changes to transactions: created (whole rows), reverted, metadata set or deleted (JSON merge patches).
+    TRANSACTIONS.name: """
+        WITH created AS (
+            SELECT tx.id, tx.timestamp, tx.insertedAt AS inserted_at, tx.reference,
+                   coalesce(tx.metadata, '{}')::JSON AS metadata, tx.revertedAt AS reverted_at, log_id
+            FROM tx_logs),
+        changes AS (
+            SELECT d.revertedTransaction.id AS id, log_id, NULL::JSON AS patch,
+                   coalesce(d.revertedTransaction.revertedAt, date) AS reverted_at
+            FROM parsed WHERE type = 'REVERTED_TRANSACTION'
+            UNION ALL
+            SELECT target_transaction, log_id,
+                   CASE type WHEN 'SET_METADATA' THEN d.metadata ELSE json_object(d.key, NULL) END, NULL
+            FROM parsed WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND target_transaction IS NOT NULL),
+        starts AS (
+            SELECT *, true AS is_new FROM created
+            UNION ALL
+            SELECT id, timestamp, inserted_at, reference, metadata::JSON, reverted_at, log_id, false
+            FROM base_transactions WHERE id NOT IN (SELECT id FROM created))
+        SELECT $ledger AS ledger, s.id, s.timestamp, s.inserted_at, s.reference,
+               list_reduce(list_prepend(s.metadata, coalesce(list(c.patch ORDER BY c.log_id)
+                                        FILTER (c.patch IS NOT NULL), [])),
+                           lambda m, p: json_merge_patch(m, p))::VARCHAR AS metadata,
+               coalesce(arg_max(c.reverted_at, c.log_id) FILTER (c.reverted_at IS NOT NULL), s.reverted_at)
+                   AS reverted_at,
+               greatest(s.log_id, max(c.log_id)) AS log_id
+        FROM starts s LEFT JOIN changes c ON c.id = s.id AND c.log_id > s.log_id
+        GROUP BY s.id, s.timestamp, s.inserted_at, s.reference, s.metadata, s.reverted_at, s.log_id, s.is_new
+        HAVING s.is_new OR count(c.log_id) > 0""",
+    # Changes to accounts: used by a move (first use, last update), metadata set or deleted.
+    ACCOUNTS.name: """
+        WITH changes AS (
+            SELECT DISTINCT account AS address, log_id, date, timestamp, NULL::JSON AS patch FROM move_rows
+            UNION ALL
+            SELECT e.key, log_id, date, NULL, e.value
+            FROM (SELECT log_id, date, unnest(map_entries(d.accountMetadata)) AS e FROM parsed
+                  WHERE type = 'NEW_TRANSACTION')
+            UNION ALL
+            SELECT d.targetId, log_id, date, NULL,
+                   CASE type WHEN 'SET_METADATA' THEN d.metadata ELSE json_object(d.key, NULL) END
+            FROM parsed WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND d.targetType = 'ACCOUNT'),
+        touched AS (
+            SELECT t.address, coalesce(b.metadata, '{}')::JSON AS metadata, b.first_usage,
+                   coalesce(b.log_id, 0) AS log_id
+            FROM (SELECT DISTINCT address FROM changes) t LEFT JOIN base_accounts b USING (address))
+        SELECT $ledger AS ledger, t.address,
+               list_reduce(list_prepend(t.metadata, coalesce(list(c.patch ORDER BY c.log_id)
+                                        FILTER (c.patch IS NOT NULL), [])),
+                           lambda m, p: json_merge_patch(m, p))::VARCHAR AS metadata,
+               least(t.first_usage, min(c.timestamp)) AS first_usage, arg_max(c.date, c.log_id) AS last_update,
+               max(c.log_id) AS log_id
+        FROM touched t JOIN changes c ON c.address = t.address AND c.log_id > t.log_id
+        GROUP BY t.address, t.metadata, t.first_usage, t.log_id""",
+}
+
+# What the folds need of the warehouse's rows, and which rows they need.
+_BASE_SCHEMAS = {
+    TRANSACTIONS.name: pa.schema([("id", pa.int64()), ("timestamp", ARROW_TYPES[Kind.TIMESTAMP]),
+                                  ("inserted_at", ARROW_TYPES[Kind.TIMESTAMP]), ("reference", pa.string()),
+                                  ("metadata", pa.string()), ("reverted_at", ARROW_TYPES[Kind.TIMESTAMP]),
+                                  ("log_id", pa.int64())]),
+    ACCOUNTS.name: pa.schema([("address", pa.string()), ("metadata", pa.string()),
+                              ("first_usage", ARROW_TYPES[Kind.TIMESTAMP]), ("log_id", pa.int64())]),
+}
+_BASE_KEYS = {
+    TRANSACTIONS.name: "SELECT DISTINCT id FROM earlier_transactions ORDER BY id",
+    # every account the batch touches
+    ACCOUNTS.name: """
+        SELECT DISTINCT address FROM (
+            SELECT account AS address FROM move_rows
+            UNION ALL SELECT unnest(map_keys(d.accountMetadata)) FROM parsed WHERE type = 'NEW_TRANSACTION'
+            UNION ALL SELECT d.targetId FROM parsed
+            WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND d.targetType = 'ACCOUNT') ORDER BY address""",
+}
 
 
-def _time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
+class Transformer:
+    """Turns batches of logs into warehouse rows; holds one in-memory DuckDB for the sync's lifetime."""
 
+    def __init__(self) -> None:
+        self._db = duckdb.connect(":memory:")
+        self._db.execute("SET TimeZone = 'UTC'")
 
-def _metadata_text(metadata: dict[str, str]) -> str:
-    return json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+    def close(self) -> None:
+        self._db.close()
 
+    def __enter__(self) -> Transformer:
+        return self
 
-class _Folder:
-    def __init__(self, ledger: str, fetch_current: FetchCurrent, money_digits: int):
-        self.ledger = ledger
-        self.fetch_current = fetch_current
-        self.money_digits = money_digits
-        self.logs: list[dict[str, Any]] = []
-        self.postings: list[dict[str, Any]] = []
-        self.moves: list[dict[str, Any]] = []
-        self.transactions: dict[int, dict[str, Any]] = {}
-        self.accounts: dict[str, dict[str, Any]] = {}
-        self.balances: dict[tuple[str, str], dict[str, Any]] = {}
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    # -- base state --------------------------------------------------------------------------------
+    def transform(self, ledger: str, logs: pa.Table, fetch_current: FetchCurrent,
+                  money_digits: int = MONEY_DIGITS) -> Batch:
+        """Turn a contiguous batch of logs (the reader's Arrow table) into warehouse rows.
 
-    def prefetch(self, parsed: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        """Fetch, in two round trips, the current rows of every account and transaction the batch updates."""
-        created: set[int] = set()
-        tx_targets: set[int] = set()
-        addresses: set[str] = set()
-        for log, data in parsed:
-            kind = log["type"]
-            if kind in ("NEW_TRANSACTION", "REVERTED_TRANSACTION"):
-                tx = data["transaction"]
-                created.add(int(tx["id"]))
-                for p in tx["postings"]:
-                    addresses.update((p["source"], p["destination"]))
-                addresses.update(data.get("accountMetadata") or {})
-                if kind == "REVERTED_TRANSACTION" and int(data["revertedTransaction"]["id"]) not in created:
-                    tx_targets.add(int(data["revertedTransaction"]["id"]))
-            elif data.get("targetType") == "ACCOUNT":
-                addresses.add(data["targetId"])
-            elif data.get("targetType") == "TRANSACTION" and int(data["targetId"]) not in created:
-                tx_targets.add(int(data["targetId"]))
-        if tx_targets:
-            for row in self.fetch_current(TRANSACTIONS, self.ledger, sorted((i,) for i in tx_targets)):
-                self.transactions[int(row["id"])] = dict(row)
-        if addresses:
-            for row in self.fetch_current(ACCOUNTS, self.ledger, sorted((a,) for a in addresses)):
-                self.accounts[row["address"]] = dict(row)
-
-    # -- folding -------------------------------------------------------------------------------------
-
-    def apply(self, log: dict[str, Any], data: dict[str, Any]) -> None:
-        log_id, kind, date = log["id"], log["type"], log["date"]
-        self.logs.append({"ledger": self.ledger, "id": log_id, "type": kind, "date": date,
-                          "idempotency_key": log["idempotency_key"], "hash": log["hash"], "data": log["data"],
-                          "log_id": log_id})
-        if kind == "NEW_TRANSACTION":
-            self.transaction(data["transaction"], log_id, date)
-            for address, metadata in (data.get("accountMetadata") or {}).items():
-                row = self.account(address, log_id, date)
-                if row is not None:
-                    row["_metadata"].update(metadata)
-        elif kind == "REVERTED_TRANSACTION":
-            self.transaction(data["transaction"], log_id, date)
-            reverted = data["revertedTransaction"]
-            row = self.transaction_row(int(reverted["id"]), log_id)
-            if row is not None:
-                row["reverted_at"] = _time(reverted.get("revertedAt")) or date
-        elif kind in ("SET_METADATA", "DELETE_METADATA"):
-            if data["targetType"] == "ACCOUNT":
-                row = self.account(data["targetId"], log_id, date)
-            else:
-                row = self.transaction_row(int(data["targetId"]), log_id)
-            if row is not None and kind == "SET_METADATA":
-                row["_metadata"].update(data["metadata"])
-            elif row is not None:
-                row["_metadata"].pop(data["key"], None)
-        # INSERTED_SCHEMA and future types: kept in `logs`, nothing else to fold.
-
-    @staticmethod
-    def _advance(row: dict[str, Any], log_id: int) -> bool:
-        """Whether `log_id` still has to be applied to `row`, and if so mark the row as changed by it.
-
-        A row fetched from the warehouse at a newer version already includes this log's effect (a replay
-        after a reset or a crash): leaving it alone is what keeps replays from regressing state.
+        `money_digits` is the warehouse's: a wider value stops the batch naming the earliest log carrying one.
         """
-        version = int(row.get("log_id") or 0)
-        if version > log_id or (version == log_id and not row.get("_changed")):
-            return False
-        if "_metadata" not in row:
-            text = row.pop("metadata")
-            row["_metadata"] = json.loads(text) if text and text != "{}" else {}
-        row["log_id"], row["_changed"] = log_id, True
-        return True
+        if not logs.num_rows:
+            raise ValueError("transform needs at least one log")
+        db = self._db
+        # Small record batches let DuckDB unpack the JSON on every core.
+        db.register("log", pa.Table.from_batches(logs.to_batches(max_chunksize=1024)))
+        try:
+            db.execute(_PREPARE)
+            for name, schema in _BASE_SCHEMAS.items():
+                db.register(f"base_{name}", self._base_rows(ledger, name, schema, fetch_current))
+            self._refuse_missing_transactions()
+            tables = {table.name: self._table(table, ledger) for table in DATA_TABLES}
+        finally:
+            for name in ("log", *(f"base_{n}" for n in _BASE_SCHEMAS)):
+                db.unregister(name)
+        _check_money(tables, min(money_digits, MONEY_DIGITS))
+        ids = logs.column("id")
+        return Batch(ledger, ids[0].as_py(), ids[-1].as_py(), logs.column("hash")[-1].as_py(),
+                     {table.name: _typed(table, tables[table.name]) for table in DATA_TABLES})
 
-    def transaction_row(self, tx_id: int, log_id: int) -> dict[str, Any] | None:
-        row = self.transactions.get(tx_id)
-        if row is None:
-            raise MissingBaseRow(
-                f"log {log_id} changes transaction {tx_id}, which the warehouse does not hold; "
-                "reset the pipeline to 0 to rebuild it"
-            )
-        return row if self._advance(row, log_id) else None
+    def _base_rows(self, ledger: str, name: str, schema: pa.Schema, fetch_current: FetchCurrent) -> pa.Table:
+        keys = self._db.sql(_BASE_KEYS[name]).to_arrow_table().column(0).to_pylist()
+        if not keys:
+            return schema.empty_table()
+        rows = fetch_current(TRANSACTIONS if name == TRANSACTIONS.name else ACCOUNTS, ledger, keys)
+        return pa.Table.from_arrays([rows.column(f.name).cast(f.type) for f in schema], schema=schema)
 
-    def account(self, address: str, log_id: int, date: datetime) -> dict[str, Any] | None:
-        row = self.accounts.get(address)
-        if row is None:
-            row = self.accounts[address] = {"ledger": self.ledger, "address": address, "metadata": "{}",
-                                            "first_usage": None, "last_update": date, "log_id": 0}
-        if not self._advance(row, log_id):
-            return None
-        row["last_update"] = date
-        return row
+    def _refuse_missing_transactions(self) -> None:
+        missing = self._db.sql("""SELECT log_id, id FROM earlier_transactions
+                                  WHERE id NOT IN (SELECT id FROM base_transactions)
+                                  ORDER BY log_id LIMIT 1""").fetchall()
+        if missing:
+            [(log_id, tx_id)] = missing
+            raise MissingBaseRow(f"log {log_id} changes transaction {tx_id}, which the warehouse does not hold; "
+                                 "reset the pipeline to 0 to rebuild it")
 
-    def transaction(self, tx: dict[str, Any], log_id: int, date: datetime) -> None:
-        tx_id = int(tx["id"])
-        timestamp = _time(tx["timestamp"])
-        inserted_at = _time(tx["insertedAt"])
-        self.transactions[tx_id] = {
-            "ledger": self.ledger, "id": tx_id, "timestamp": timestamp, "inserted_at": inserted_at,
-            "reference": tx.get("reference"), "_metadata": dict(tx.get("metadata") or {}),
-            "reverted_at": _time(tx.get("revertedAt")), "log_id": log_id, "_changed": True,
-        }
-        running = {(account, asset): [int(v["input"]), int(v["output"])]
-                   for account, assets in (tx.get("preCommitVolumes") or {}).items() for asset, v in assets.items()}
-        for index, p in enumerate(tx["postings"]):
-            amount = int(p["amount"])
-            asset = p["asset"]
-            self.postings.append({"ledger": self.ledger, "transaction_id": tx_id, "posting_index": index,
-                                  "source": p["source"], "destination": p["destination"], "asset": asset,
-                                  "amount": amount, "timestamp": timestamp, "log_id": log_id})
-            for account, is_source in ((p["source"], True), (p["destination"], False)):
-                volumes = running.setdefault((account, asset), [0, 0])
-                volumes[1 if is_source else 0] += amount
-                self.moves.append({
-                    "ledger": self.ledger, "transaction_id": tx_id, "posting_index": index, "is_source": is_source,
-                    "account": account, "asset": asset, "amount": amount, "timestamp": timestamp,
-                    "inserted_at": inserted_at,
-                    "post_commit_input": volumes[0],
-                    "post_commit_output": volumes[1],
-                    "post_commit_balance": volumes[0] - volumes[1],
-                    "log_id": log_id,
-                })
-                row = self.account(account, log_id, date)
-                if row is not None and timestamp and (row["first_usage"] is None or timestamp < row["first_usage"]):
-                    row["first_usage"] = timestamp
-        for account, assets in (tx.get("postCommitVolumes") or {}).items():
-            for asset, v in assets.items():
-                self.balances[(account, asset)] = {
-                    "ledger": self.ledger, "account": account, "asset": asset,
-                    "input": int(v["input"]),
-                    "output": int(v["output"]),
-                    "balance": int(v["input"]) - int(v["output"]),
-                    "log_id": log_id,
-                }
-
-    # -- output --------------------------------------------------------------------------------------
-
-    def tables(self) -> dict[str, pa.Table]:
-        def finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            # Only rows this batch changed; the helper keys (_metadata, _changed) become the real columns.
-            return [
-                {**{k: v for k, v in row.items() if not k.startswith("_")},
-                 "metadata": _metadata_text(row["_metadata"])}
-                for row in rows if row.get("_changed")
-            ]
-
-        transactions = finished(list(self.transactions.values()))
-        accounts = finished(list(self.accounts.values()))
-        return {table.name: _arrow_table(table, rows, self.money_digits) for table, rows in (
-            (LOGS, self.logs), (TRANSACTIONS, transactions), (POSTINGS, self.postings), (MOVES, self.moves),
-            (ACCOUNTS, accounts), (BALANCES, list(self.balances.values())),
-        )}
+    def _table(self, table: Table, ledger: str) -> pa.Table:
+        data = self._db.sql(_TABLE_SQL[table.name], params={"ledger": ledger}).to_arrow_table()
+        return data.select(table.column_names)
 
 
-def _money_array(table: Table, column: str, rows: list[dict[str, Any]], values: list[int],
-                 digits: int) -> pa.Array:
-    """Exact money column: int64 when every value fits (fast), else Python ints up to `digits` digits."""
-    try:
-        return pa.array(values, pa.int64()).cast(MONEY_TYPE)
-    except (OverflowError, pa.ArrowInvalid):
-        limit = 10 ** min(digits, MONEY_DIGITS)
-        for row, value in zip(rows, values, strict=True):
-            if abs(value) >= limit:
-                raise ValueOutOfRange(int(row["log_id"]), table.name, column, value, min(digits, MONEY_DIGITS)) \
-                    from None
-        return pa.array(values, MONEY_TYPE)
+def _check_money(tables: dict[str, pa.Table], digits: int) -> None:
+    """Refuse the batch if a money value (still text) is wider than `digits`, naming the earliest log."""
+    worst: tuple[int, str, str, int] | None = None
+    for table in DATA_TABLES:
+        data = tables[table.name]
+        for column in table.money_columns:
+            wide = pc.greater(pc.utf8_length(pc.utf8_ltrim(data.column(column), "-")), digits)
+            if not pc.any(wide).as_py():
+                continue
+            offending = data.filter(wide)
+            at = pc.index(offending.column("log_id"), pc.min(offending.column("log_id")))
+            log_id = offending.column("log_id")[at.as_py()].as_py()
+            if worst is None or log_id < worst[0]:
+                worst = (log_id, table.name, column, int(offending.column(column)[at.as_py()].as_py()))
+    if worst is not None:
+        raise ValueOutOfRange(*worst, digits)
 
 
-def _arrow_table(table: Table, rows: list[dict[str, Any]], money_digits: int = MONEY_DIGITS) -> pa.Table:
-    """Build the table column by column (much faster than row dicts to Arrow, and money never a Decimal)."""
-    arrays = []
-    for column in table.columns:
-        values = [row[column.name] for row in rows]
-        if column.kind is Kind.MONEY:
-            arrays.append(_money_array(table, column.name, rows, values, money_digits))
-        else:
-            arrays.append(pa.array(values, ARROW_TYPES[column.kind]))
-    return pa.Table.from_arrays(arrays, schema=table.arrow_schema)
-
-
-def transform(ledger: str, rows: Sequence[dict[str, Any]], fetch_current: FetchCurrent,
-              money_digits: int = MONEY_DIGITS) -> Batch:
-    """Turn a contiguous batch of logs (the reader's rows, as dicts) into warehouse rows.
-
-    `money_digits` is the warehouse's: a wider value stops the pipeline naming the log and that limit.
-    """
-    if not rows:
-        raise ValueError("transform needs at least one log")
-    parsed = [(row, json.loads(row["data"])) for row in rows]
-    folder = _Folder(ledger, fetch_current, money_digits)
-    folder.prefetch(parsed)
-    for row, data in parsed:
-        folder.apply(row, data)
-    return Batch(ledger, rows[0]["id"], rows[-1]["id"], rows[-1]["hash"], folder.tables())
+def _typed(table: Table, data: pa.Table) -> pa.Table:
+    """The warehouse table's Arrow schema: money from its digits to decimal256, time zones named alike."""
+    return pa.Table.from_arrays([data.column(c.name).cast(ARROW_TYPES[c.kind]) for c in table.columns],
+                                schema=table.arrow_schema)

@@ -390,10 +390,10 @@ class Loader(ABC):
             found += self.select_rows(table, f"{where} AND {within}", {**params, **listed}, order=False)
         return found
 
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """The current rows of `table` for `ledger` whose key (after `ledger`) is in `keys` (one-column keys)."""
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any]) -> pa.Table:
+        """The current rows of `table` for `ledger` whose key (after `ledger`; one column) is in `keys`."""
         [column] = [k for k in table.key if k != "ledger"]
-        return self.rows_in(table, ledger, column, [k[0] for k in keys])
+        return pa.Table.from_pylist(self.rows_in(table, ledger, column, keys), schema=table.arrow_schema)
 
     # -- aggregates for the checks ---------------------------------------------------------------------
 

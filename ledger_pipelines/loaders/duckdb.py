@@ -167,10 +167,11 @@ class DuckDBLoader(Loader):
         turn them into their exact digits when money is stored as text."""
         return cast_money(table, data, pa.string() if self.money_as_text else ARROW_MONEY)
 
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """One join against the wanted keys, scanned from Arrow: faster than IN lists for large batches."""
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any]) -> pa.Table:
+        """One join against the wanted keys, scanned from Arrow: faster than IN lists for large batches.
+        (Money comes as DuckDB holds it: decimal128, or text; the transforms read only the other columns.)"""
         key_columns = [k for k in table.key if k != "ledger"]
-        wanted = pa.table({name: [k[i] for k in keys] for i, name in enumerate(key_columns)})
+        wanted = pa.table({key_columns[0]: keys})
         join = " AND ".join(f"t.{self.ident(k)} = w.{self.ident(k)}" for k in key_columns)
         with translate_errors():
             self.con.register("wanted_keys", wanted)
@@ -181,7 +182,7 @@ class DuckDBLoader(Loader):
                 ).to_arrow_table()
             finally:
                 self.con.unregister("wanted_keys")
-        return result.to_pylist()
+        return result
 
     def asset_sums(self, ledger: str) -> dict[str, int]:
         if not self.money_as_text:

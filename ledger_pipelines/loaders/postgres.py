@@ -149,10 +149,10 @@ class PostgresLoader(Loader):
         log_id = self.ident("log_id")
         return [f"{insert} DO UPDATE SET {updates} WHERE excluded.{log_id} >= {target}.{log_id}"]
 
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any]) -> pa.Table:
         """One join against the wanted keys, copied into a temporary table."""
         key_columns = [k for k in table.key if k != "ledger"]
-        wanted = pa.table({name: [k[i] for k in keys] for i, name in enumerate(key_columns)})
+        wanted = pa.table({key_columns[0]: keys})
         join = " AND ".join(f"t.{self.ident(k)} = w.{self.ident(k)}" for k in key_columns)
         columns = ", ".join(f"{self.dialect.selected(c.kind, f't.{self.ident(c.name)}')}" for c in table.columns)
         with translate_errors(self.driver), self.conn.transaction():
@@ -162,4 +162,6 @@ class PostgresLoader(Loader):
             copy_csv(self.conn, "wanted_keys", wanted, self.ident)
             rows = self.conn.execute(f"SELECT {columns} FROM {self.qualified(table)} t JOIN wanted_keys w ON {join} "
                                      "WHERE t.ledger = %(ledger)s", {"ledger": ledger}).fetchall()
-        return [{c.name: from_warehouse(c.kind, v) for c, v in zip(table.columns, row, strict=True)} for row in rows]
+        return pa.Table.from_pylist(
+            [{c.name: from_warehouse(c.kind, v) for c, v in zip(table.columns, row, strict=True)} for row in rows],
+            schema=table.arrow_schema)

@@ -125,5 +125,5 @@ class RedshiftLoader(PostgresLoader):
         finally:
             s3.delete_object(Bucket=self.config["s3_bucket"], Key=key)
 
-    def fetch_current(self, table: Table, ledger: str, keys: Any) -> list[dict[str, Any]]:
+    def fetch_current(self, table: Table, ledger: str, keys: Any) -> pa.Table:
         return Loader.fetch_current(self, table, ledger, keys)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pyarrow as pa
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ledger_core import hashing, validation
+from ledger_core import export, hashing, validation
 from ledger_core.errors import ValidationError
 from ledger_core.requests import NewTransaction, parse_json
 
@@ -180,3 +183,32 @@ def test_edge_timestamps_that_fit_round_trip():
     assert validation.format_timestamp(validation.timestamp("0001-01-01T00:00:00Z")) == "0001-01-01T00:00:00Z"
     assert validation.format_timestamp(validation.timestamp("9999-12-31T23:59:59.999999Z")) == \
         "9999-12-31T23:59:59.999999Z"
+
+
+@given(st.lists(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999),
+                             timezones=st.just(UTC)), min_size=1, max_size=50))
+def test_the_column_wise_rfc3339_is_format_timestamp(stamps: list[datetime]) -> None:
+    # The sync formats a batch's dates column-wise to recompute their hashes; the writer formats one at a time.
+    column = pa.chunked_array([pa.array(stamps, pa.timestamp("us", tz="UTC"))])
+    assert export.rfc3339(column).to_pylist() == [validation.format_timestamp(s) for s in stamps]
+
+
+def test_the_batch_check_reads_arrow_as_the_writer_hashed() -> None:
+    previous, rows = None, []
+    for i, (stamp, key) in enumerate([(datetime(2024, 1, 1, tzinfo=UTC), None),
+                                      (datetime(2024, 1, 1, 0, 0, 0, 120000, tzinfo=UTC), 'k"\n🎉'),
+                                      (datetime(1, 1, 1, tzinfo=UTC), "plain")], start=1):
+        text = hashing.jsonb_text({"n": str(i)})
+        digest = hashing.chain_hash(previous, hashing.canonical(
+            ledger="l", log_id=i, log_type="SET_METADATA", date=validation.format_timestamp(stamp),
+            idempotency_key=key, data_text=text))
+        rows.append({"id": i, "type": "SET_METADATA", "date": stamp, "idempotency_key": key, "hash": digest.hex(),
+                     "data": text, "hash_version": 2})
+        previous = digest
+    batch = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("id", pa.int64()), ("type", pa.string()), ("date", pa.timestamp("us", tz="UTC")),
+        ("idempotency_key", pa.string()), ("hash", pa.string()), ("data", pa.string()), ("hash_version", pa.int16())]))
+    assert export.first_broken_link("l", batch, previous=None, previous_id=0, previous_version=2) is None
+    altered = batch.set_column(5, "data", pa.array(['{"n": "1"}', '{"n": "x"}', '{"n": "3"}']))
+    broken = export.first_broken_link("l", altered, previous=None, previous_id=0, previous_version=2)
+    assert broken is not None and broken.log_id == 2
