@@ -53,7 +53,7 @@ from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.reader import LogReader
 from ledger_pipelines.tables import BALANCES, Batch, SyncState
-from ledger_pipelines.transforms import Transformer
+from ledger_pipelines.transforms import Prepared, Transformer
 from ledger_pipelines.verify import CheckResult, freshness, verify
 
 DEFAULT_BATCH_SIZE = 20_000
@@ -209,8 +209,9 @@ class _Progress:
 
 
 def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipeline,
-               done: _Progress) -> tuple[int, bytes | None, int]:
-    """Where this sync starts, and the hash (and hash version) the first log after it must link to.
+               done: _Progress) -> tuple[int, bytes | None, int, int]:
+    """Where this sync starts, the hash (and hash version) the first log after it must link to, and the last
+    log the warehouse holds.
 
     The warehouse's `sync_state` says which log it holds last (W). Its hash must be the ledger's hash of
     log W, or the two have diverged. A warehouse behind the cursor is replayed from W (loads are
@@ -234,36 +235,38 @@ def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipe
                      f"{cursor}: replayed from log {held + 1}")
         cursor = held
     if cursor == 0:
-        return 0, None, 1
+        return 0, None, 1, held
     link = export.log_link(conn, ledger, cursor)
     if link is None:
         raise LogChainBroken(ledger, cursor, "the ledger no longer holds this exported log")
-    return cursor, link[0], link[1]
+    return cursor, link[0], link[1], held
 
 
 def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, loader: Loader, batch_size: int,
           progress: Progress | None, fault: FaultHook, started: float, shared_reader: LogReader | None,
           done: _Progress) -> SyncReport:
-    cursor, previous_hash, previous_version = _reconcile(conn, loader, pipeline, done)
+    cursor, previous_hash, previous_version, held = _reconcile(conn, loader, pipeline, done)
     target = pipeline.ledger_last_log_id
     if cursor < target:
         with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader, \
                 Transformer() as transformer, closing(_verified_batches(
-                    reader, pipeline.ledger, cursor, target, batch_size, previous_hash, previous_version)) as batches:
-            for logs in batches:
+                    reader, transformer, pipeline.ledger, cursor, target, batch_size, previous_hash,
+                    previous_version)) as batches:
+            for prepared in batches:
                 try:
-                    cursor = _load(conn, pipeline, loader, transformer, logs, cursor, fault, done)
+                    cursor = _load(conn, pipeline, loader, transformer, prepared, cursor, held, fault, done)
                 except ValueOutOfRange as exc:
                     # Everything before the log that does not fit still goes in; the cursor stops right before it.
                     # (The first value found may not be in the batch's earliest such log: shrink until it loads.)
                     first_bad = exc
-                    while (before := logs.slice(0, first_bad.log_id - cursor - 1)).num_rows:
+                    while (before := prepared.logs.slice(0, first_bad.log_id - cursor - 1)).num_rows:
                         try:
-                            cursor = _load(conn, pipeline, loader, transformer, before, cursor, fault, done)
+                            cursor = _load(conn, pipeline, loader, transformer, before, cursor, held, fault, done)
                             break
                         except ValueOutOfRange as earlier:
                             first_bad = earlier
                     raise first_bad.after_loading(cursor, loader.wide_money_remedy(pipeline.exporter_id)) from None
+                held = max(held, cursor)
                 if progress:
                     progress(pipeline.id, cursor - done.start, target - done.start, time.perf_counter() - started)
     after = registry.get_pipeline(conn, pipeline.id)
@@ -271,13 +274,14 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
                       time.perf_counter() - started)
 
 
-def _verified_batches(reader: LogReader, ledger: str, after: int, up_to: int, limit: int, previous: bytes | None,
-                      previous_version: int) -> Iterator[pa.Table]:
+def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, after: int, up_to: int, limit: int,
+                      previous: bytes | None, previous_version: int) -> Iterator[Prepared]:
     """The logs `after < id <= up_to` in contiguous batches, each checked link by link (continuing from the
-    hash `previous` of log `after`) before it is handed over. The next batch is read and checked on a worker
-    thread while the caller loads this one: PostgreSQL, the check and the warehouse work at the same time."""
+    hash `previous` of log `after`) before it is handed over, unpacked. The next batch is read, checked and
+    unpacked on a worker thread while the caller loads this one: PostgreSQL, the check, the transforms and the
+    warehouse work at the same time."""
 
-    def read(after: int, previous: bytes | None, previous_version: int) -> pa.Table:
+    def read(after: int, previous: bytes | None, previous_version: int) -> Prepared:
         logs = reader.read(ledger, after=after, up_to=up_to, limit=limit)
         if not logs.num_rows:
             raise LogGap(ledger, after + 1, after)
@@ -285,25 +289,27 @@ def _verified_batches(reader: LogReader, ledger: str, after: int, up_to: int, li
                                           previous_version=previous_version)
         if broken is not None:
             raise LogChainBroken(ledger, broken.log_id, broken.reason)
-        return logs
+        return transformer.prepare(logs)
 
     with ThreadPoolExecutor(1, thread_name_prefix="log-reader") as worker:
-        ahead: Future[pa.Table] | None = worker.submit(read, after, previous, previous_version)
+        ahead: Future[Prepared] | None = worker.submit(read, after, previous, previous_version)
         while ahead is not None:
-            logs = ahead.result()
+            prepared = ahead.result()
+            logs = prepared.logs
             last = logs.column("id")[-1].as_py()
             ahead = worker.submit(read, last, bytes.fromhex(logs.column("hash")[-1].as_py()),
                                   logs.column("hash_version")[-1].as_py()) if last < up_to else None
-            yield logs
+            yield prepared
 
 
 def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader, transformer: Transformer,
-          logs: pa.Table, cursor: int, fault: FaultHook, done: _Progress) -> int:
-    """Transform and merge one contiguous batch, then move the cursor to its last log; return the new cursor."""
+          logs: pa.Table | Prepared, cursor: int, held: int, fault: FaultHook, done: _Progress) -> int:
+    """Transform and merge one contiguous batch, then move the cursor to its last log; return the new cursor.
+    `held` is the last log the warehouse holds: a batch entirely after it is new to the warehouse."""
     batch = transformer.transform(pipeline.ledger, logs, loader.fetch_current, loader.money_digits)
     fault("before_load")
     loader.load(batch, SyncState(pipeline.id, pipeline.ledger, batch.last_log_id, batch.last_log_hash,
-                                 datetime.now(UTC)))
+                                 datetime.now(UTC)), new_logs=batch.first_log_id > held)
     fault("after_load")
     registry.move_cursor(conn, pipeline.id, cursor, batch.last_log_id)
     done.loaded(batch)

@@ -25,8 +25,10 @@ batch naming the earliest log that carries one.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -69,22 +71,22 @@ LOG_SHAPE = json.dumps({
 
 _TRANSACTION_LOGS = "('NEW_TRANSACTION', 'REVERTED_TRANSACTION')"
 
-# The batch, unpacked once; `log` is the reader's Arrow table, registered for the statement's duration.
+# The batch, unpacked once, into tables of the batch's own schema; `log` is the reader's Arrow table.
 _PREPARE = f"""
-CREATE OR REPLACE TEMP TABLE parsed AS
+CREATE TABLE parsed AS
     SELECT log_id, type, date, d,
            CASE WHEN d.targetType = 'TRANSACTION' THEN d.targetId::BIGINT END AS target_transaction
     FROM (SELECT id AS log_id, type, date, json_transform(data, '{LOG_SHAPE}') AS d FROM log);
-CREATE OR REPLACE TEMP TABLE tx_logs AS
+CREATE TABLE tx_logs AS
     SELECT log_id, date, d.transaction AS tx FROM parsed WHERE type IN {_TRANSACTION_LOGS};
 -- transactions the batch changes (reverts, metadata) without creating them: the warehouse must hold them
-CREATE OR REPLACE TEMP TABLE earlier_transactions AS
+CREATE TABLE earlier_transactions AS
     SELECT id, log_id FROM (
         SELECT d.revertedTransaction.id AS id, log_id FROM parsed WHERE type = 'REVERTED_TRANSACTION'
         UNION ALL SELECT target_transaction, log_id FROM parsed
         WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND target_transaction IS NOT NULL)
     WHERE id NOT IN (SELECT tx.id FROM tx_logs);
-CREATE OR REPLACE TEMP TABLE move_rows AS
+CREATE TABLE move_rows AS
     WITH postings AS (
         SELECT log_id, date, tx.id AS transaction_id, tx.timestamp, tx.insertedAt AS inserted_at,
                unnest(tx.postings) AS p, generate_subscripts(tx.postings, 1) - 1 AS posting_index
@@ -93,7 +95,7 @@ CREATE OR REPLACE TEMP TABLE move_rows AS
            CASE WHEN s.is_source THEN p.source ELSE p.destination END AS account, p.asset AS asset,
            p.amount AS amount, timestamp, inserted_at
     FROM postings CROSS JOIN (VALUES (true), (false)) s(is_source);
-CREATE OR REPLACE TEMP TABLE post_volumes AS
+CREATE TABLE post_volumes AS
     SELECT log_id, account, a.key AS asset, a.value.input AS input, a.value.output AS output
     FROM (SELECT log_id, v.key AS account, unnest(map_entries(v.value)) AS a
           FROM (SELECT log_id, unnest(map_entries(tx.postCommitVolumes)) AS v FROM tx_logs));
@@ -200,12 +202,25 @@ _BASE_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch of logs unpacked into its own schema of the transformer's database (see `Transformer.prepare`)."""
+
+    logs: pa.Table
+    schema: str
+
+
 class Transformer:
-    """Turns batches of logs into warehouse rows; holds one in-memory DuckDB for the sync's lifetime."""
+    """Turns batches of logs into warehouse rows; holds one in-memory DuckDB for the sync's lifetime.
+
+    `prepare` (unpacking the JSON, the bulk of the work) may run on another thread than `transform`, each on
+    a connection of its own to the database: the sync prepares the next batch while it loads this one.
+    """
 
     def __init__(self) -> None:
         self._db = duckdb.connect(":memory:")
         self._db.execute("SET TimeZone = 'UTC'")
+        self._batches = itertools.count()
 
     def close(self) -> None:
         self._db.close()
@@ -216,19 +231,29 @@ class Transformer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def transform(self, ledger: str, logs: pa.Table, fetch_current: FetchCurrent,
+    def prepare(self, logs: pa.Table) -> Prepared:
+        """Unpack a contiguous batch of logs (the reader's Arrow table); safe to call from any thread."""
+        if not logs.num_rows:
+            raise ValueError("transform needs at least one log")
+        prepared = Prepared(logs, f"batch_{next(self._batches)}")
+        with self._db.cursor() as db:
+            db.execute(f"SET TimeZone = 'UTC'; CREATE SCHEMA {prepared.schema}; SET schema = '{prepared.schema}'")
+            # Small record batches let DuckDB unpack the JSON on every core.
+            db.register("log", pa.Table.from_batches(logs.to_batches(max_chunksize=1024)))
+            db.execute(_PREPARE)
+        return prepared
+
+    def transform(self, ledger: str, logs: pa.Table | Prepared, fetch_current: FetchCurrent,
                   money_digits: int = MONEY_DIGITS) -> Batch:
-        """Turn a contiguous batch of logs (the reader's Arrow table) into warehouse rows.
+        """Turn a contiguous batch of logs (the reader's Arrow table, or prepared) into warehouse rows.
 
         `money_digits` is the warehouse's: a wider value stops the batch naming the earliest log carrying one.
         """
-        if not logs.num_rows:
-            raise ValueError("transform needs at least one log")
+        prepared = logs if isinstance(logs, Prepared) else self.prepare(logs)
         db = self._db
-        # Small record batches let DuckDB unpack the JSON on every core.
-        db.register("log", pa.Table.from_batches(logs.to_batches(max_chunksize=1024)))
+        db.execute(f"SET schema = '{prepared.schema}'")
+        db.register("log", prepared.logs)
         try:
-            db.execute(_PREPARE)
             for name, schema in _BASE_SCHEMAS.items():
                 db.register(f"base_{name}", self._base_rows(ledger, name, schema, fetch_current))
             self._refuse_missing_transactions()
@@ -236,9 +261,10 @@ class Transformer:
         finally:
             for name in ("log", *(f"base_{n}" for n in _BASE_SCHEMAS)):
                 db.unregister(name)
+            db.execute(f"RESET schema; DROP SCHEMA {prepared.schema} CASCADE")
         _check_money(tables, min(money_digits, MONEY_DIGITS))
-        ids = logs.column("id")
-        return Batch(ledger, ids[0].as_py(), ids[-1].as_py(), logs.column("hash")[-1].as_py(),
+        ids = prepared.logs.column("id")
+        return Batch(ledger, ids[0].as_py(), ids[-1].as_py(), prepared.logs.column("hash")[-1].as_py(),
                      {table.name: _typed(table, tables[table.name]) for table in DATA_TABLES})
 
     def _base_rows(self, ledger: str, name: str, schema: pa.Schema, fetch_current: FetchCurrent) -> pa.Table:

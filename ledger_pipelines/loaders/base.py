@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -214,6 +215,12 @@ class Loader(ABC):
         """The batch's merges together: all or nothing (a no-op where the warehouse has no transactions)."""
         yield
 
+    appends: bool = False  # whether `append` is implemented (see `load`)
+
+    def append(self, table: Table, data: pa.Table) -> None:
+        """Insert rows known to be new straight into `table`, inside the load's transaction."""
+        raise NotImplementedError(f"{self.driver} does not append")
+
     def merge(self, table: Table, staged: Any) -> None:
         for statement in self.merge_statements(table, staged):
             self.execute(statement)
@@ -305,20 +312,29 @@ class Loader(ABC):
 
     # -- the load loop ---------------------------------------------------------------------------------
 
-    def load(self, batch: Batch, state: SyncState) -> None:
-        """Merge the batch and, last, the sync state: per key, the row with the highest log_id wins."""
+    def load(self, batch: Batch, state: SyncState, *, new_logs: bool = False) -> None:
+        """Merge the batch and, last, the sync state: per key, the row with the highest log_id wins.
+
+        `new_logs`: the warehouse never received a log of this batch (its sync state stands below the first),
+        so the rows of immutable tables cannot be there yet. Where the warehouse `appends`, they go straight
+        into their tables inside the load's transaction: no staging, and no merge that would compare them
+        with every row already loaded (work that grew with the warehouse, batch after batch).
+        """
         self.check_money(batch)
         # An empty table has nothing to merge: no staging, no statement (a round trip each, on a cloud warehouse).
-        parts = [*((BY_NAME[name], data) for name, data in batch.tables.items() if data.num_rows),
-                 (SYNC_STATE, state.as_table())]
+        present = [(BY_NAME[name], data) for name, data in batch.tables.items() if data.num_rows]
+        direct = [(t, d) for t, d in present if new_logs and self.appends and not t.mutable]
+        parts = [*((t, d) for t, d in present if not any(t is a for a, _ in direct)), (SYNC_STATE, state.as_table())]
         staged: list[Any] = []
         with self.errors():
             try:
                 for table, data in parts:
                     staged.append(self.stage(table, self.arrow_in(table, data)))
                 with self.transaction():
-                    for index, ((table, _), handle) in enumerate(zip(parts, staged, strict=True)):
-                        self.merge(table, handle)
+                    steps = [*(partial(self.append, t, self.arrow_in(t, d)) for t, d in direct),
+                             *(partial(self.merge, t, handle) for (t, _), handle in zip(parts, staged, strict=True))]
+                    for index, step in enumerate(steps):
+                        step()
                         if index == 0:
                             self.fault("mid_load")
             finally:

@@ -95,6 +95,7 @@ class DuckDBLoader(Loader):
         with translate_errors():
             self.con = duckdb.connect(path)
             self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute("SET checkpoint_threshold = '1GB'")
 
     def close(self) -> None:
         self.con.close()
@@ -126,6 +127,16 @@ class DuckDBLoader(Loader):
 
     def unstage(self, staged: str) -> None:
         self.con.unregister(staged)
+
+    appends = True
+
+    def append(self, table: Table, data: pa.Table) -> None:
+        columns = ", ".join(self.ident(c) for c in table.column_names)
+        self.con.register("appended", data)
+        try:
+            self.execute(f"INSERT INTO {self.qualified(table)} ({columns}) SELECT {columns} FROM appended")
+        finally:
+            self.con.unregister("appended")
 
     @property
     def money_as_text(self) -> bool:

@@ -132,6 +132,11 @@ class PostgresLoader(Loader):
     def unstage(self, staged: str) -> None:
         self.conn.execute(f"DROP TABLE IF EXISTS {staged}")
 
+    appends = True
+
+    def append(self, table: Table, data: pa.Table) -> None:
+        copy_csv(self.conn, self.qualified(table), data, self.ident)
+
     def merge_statements(self, table: Table, staged: str) -> list[str]:
         """`INSERT … ON CONFLICT` on the declared key: one statement where the shared shape takes two.
 

@@ -98,11 +98,17 @@ class RedshiftLoader(PostgresLoader):
         staged = self.ident(f"staged_{table.name}")
         self.conn.execute(f"DROP TABLE IF EXISTS {staged}")  # left by a load that died before unstaging
         self.conn.execute(self.create_staging_sql(table, staged))
-        if self.config["staging"] == "copy":
-            copy_csv(self.conn, staged, data, self.ident)
-        else:
-            self._copy_from_s3(table, staged, data)
+        self._copy(table, staged, data)
         return staged
+
+    def append(self, table: Table, data: pa.Table) -> None:
+        self._copy(table, self.qualified(table), data)
+
+    def _copy(self, table: Table, relation: str, data: pa.Table) -> None:
+        if self.config["staging"] == "copy":
+            copy_csv(self.conn, relation, data, self.ident)
+        else:
+            self._copy_from_s3(table, relation, data)
 
     def s3_key(self, table: Table) -> str:
         return f"{self.config['s3_prefix'].strip('/')}/{table.name}-{uuid.uuid4().hex}.parquet"
