@@ -33,6 +33,7 @@ DIALECT = Dialect(
     money_digits=76,
     select_casts={Kind.JSON: "{}::text", Kind.MONEY: "{}::text"},
 )
+COPY_CHUNK_ROWS = 25_000
 CSV_OPTIONS = pa_csv.WriteOptions(include_header=False)
 CONNECT_TIMEOUT = 15  # s: an unreachable warehouse is a transient failure in seconds, not at the OS's TCP timeout
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})  # libpq parameters that carry a secret
@@ -53,10 +54,12 @@ def translate_errors(driver: str = "postgres") -> Iterator[None]:
 def copy_csv(conn: psycopg.Connection, relation: str, data: pa.Table, quote: Any) -> None:
     """Arrow's C++ CSV writer into one `COPY … FROM STDIN`: the bulk path where no object store sits between."""
     columns = ", ".join(quote(c) for c in data.column_names)
-    buffer = io.BytesIO()
-    pa_csv.write_csv(data, buffer, CSV_OPTIONS)
     with conn.cursor().copy(f"COPY {relation} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-        copy.write(buffer.getbuffer())
+        # In chunks: psycopg sends one from its writer thread while Arrow encodes the next (neither holds the GIL).
+        for chunk in data.to_batches(max_chunksize=COPY_CHUNK_ROWS):
+            buffer = io.BytesIO()
+            pa_csv.write_csv(chunk, buffer, CSV_OPTIONS)
+            copy.write(buffer.getbuffer())
 
 
 class PostgresLoader(Loader):
