@@ -1,4 +1,7 @@
-"""From logs to warehouse rows.
+"""The reference: the per-log Python fold the sync used before its set-based transforms.
+
+Kept only for `tests/integration/test_transform_equivalence.py`, which proves the two give the same rows on
+generated ledgers; remove it with that comparison. What it did:
 
 A batch of logs becomes one Arrow table per warehouse table. Immutable facts (logs, postings, moves)
 come straight from each log. Current-state tables (transactions, accounts, balances) are folded: the
