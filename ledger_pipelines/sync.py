@@ -282,7 +282,9 @@ def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, 
     warehouse work at the same time."""
 
     def read(after: int, previous: bytes | None, previous_version: int) -> Prepared:
-        logs = reader.read(ledger, after=after, up_to=up_to, limit=limit)
+        # No runt batch: what would be left after this one, if under a quarter of a batch, comes with it.
+        left = up_to - after
+        logs = reader.read(ledger, after=after, up_to=up_to, limit=left if left <= limit * 5 // 4 else limit)
         if not logs.num_rows:
             raise LogGap(ledger, after + 1, after)
         # The check (Python) and the unpacking (DuckDB, which lets go of the GIL) of one batch run side by side.
