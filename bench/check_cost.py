@@ -19,7 +19,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import bench_database_url, migrated, print_table, save
-from bench.sync import LEDGER, TRANSACTIONS, fill
+from bench.sync import LEDGER, SIMPLE, TRANSACTIONS, fill
 from ledger_core.db import connect, ensure_database
 from ledger_core.ledgers import create_ledger
 from ledger_pipelines import registry
@@ -55,7 +55,7 @@ def measure(url: str, driver: str, config: dict[str, Any]) -> list[list[Any]]:
         print(f"  {driver}: full sync in {time.perf_counter() - began:.0f} s", flush=True)
         before = conn.execute("SELECT last_transaction_id FROM ledger_core.ledgers WHERE name = %s",
                               (LEDGER,)).fetchone()
-        fill(conn, int(before[0]) + 1 if before and before[0] is not None else 0, NEW, random.Random(11))
+        fill(conn, SIMPLE, int(before[0]) + 1 if before and before[0] is not None else 0, NEW, random.Random(11))
         report = sync_pipeline(url, pipeline.id, environ=os.environ)
         # The accounts the sync's batches moved: what the sync engine collects and hands to the checks.
         accounts = [r[0] for r in conn.execute(
@@ -90,7 +90,7 @@ def main() -> None:
     with connect(url) as conn:
         if not conn.execute("SELECT count(*) FROM ledger_core.ledgers WHERE name = %s", (LEDGER,)).fetchone()[0]:
             create_ledger(conn, LEDGER)  # built once; each run adds NEW transactions on top
-            fill(conn, 0, TRANSACTIONS, random.Random(7))
+            fill(conn, SIMPLE, 0, TRANSACTIONS, random.Random(7))
         logs = conn.execute("SELECT count(*) FROM ledger_core.logs WHERE ledger = %s", (LEDGER,)).fetchone()[0]
     with tempfile.TemporaryDirectory() as folder:
         rows = measure(url, "duckdb", {"path": str(Path(folder) / "checks.duckdb")})

@@ -72,6 +72,7 @@ def _marketplace(i: int, rng: random.Random) -> tuple[str, list[dict]]:
 
 
 SHAPES = {"2 postings, 1 asset": _simple, "3 postings, 5 assets": _marketplace}
+SIMPLE = "2 postings, 1 asset"  # the shape the other benchmarks share
 
 
 def fill(conn, shape: str, start: int, count: int, rng: random.Random) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import bench_database_url, migrated, print_table, save, server_settings
-from bench.sync import LEDGER, TRANSACTIONS, fill
+from bench.sync import LEDGER, SIMPLE, TRANSACTIONS, fill
 from ledger_core import reads
 from ledger_core.audit import verify_deep
 from ledger_core.db import connect, ensure_database
@@ -30,7 +30,7 @@ def main() -> None:
         if count == 0:  # built once, reused by later runs
             create_ledger(conn, LEDGER)
             began = time.perf_counter()
-            fill(conn, 0, TRANSACTIONS, random.Random(7))
+            fill(conn, SIMPLE, 0, TRANSACTIONS, random.Random(7))
             print(f"  built a {TRANSACTIONS:,}-transaction ledger in {time.perf_counter() - began:.0f} s", flush=True)
         rows = {t: conn.execute(f"SELECT count(*) FROM ledger_core.{t} WHERE ledger = %s", (LEDGER,)).fetchone()[0]
                 for t in ("logs", "transactions", "moves")}

@@ -209,9 +209,8 @@ class _Progress:
 
 
 def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipeline,
-               done: _Progress) -> tuple[int, bytes | None, int, int]:
-    """Where this sync starts, the hash (and hash version) the first log after it must link to, and the last
-    log the warehouse holds.
+               done: _Progress) -> tuple[int, bytes | None, int]:
+    """Where this sync starts, and the hash (and hash version) the first log after it must link to.
 
     The warehouse's `sync_state` says which log it holds last (W). Its hash must be the ledger's hash of
     log W, or the two have diverged. A warehouse behind the cursor is replayed from W (loads are
@@ -235,18 +234,21 @@ def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipe
                      f"{cursor}: replayed from log {held + 1}")
         cursor = held
     if cursor == 0:
-        return 0, None, 1, held
+        return 0, None, 1
     link = export.log_link(conn, ledger, cursor)
     if link is None:
         raise LogChainBroken(ledger, cursor, "the ledger no longer holds this exported log")
-    return cursor, link[0], link[1], held
+    return cursor, link[0], link[1]
 
 
 def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, loader: Loader, batch_size: int,
           progress: Progress | None, fault: FaultHook, started: float, shared_reader: LogReader | None,
           done: _Progress) -> SyncReport:
-    cursor, previous_hash, previous_version, held = _reconcile(conn, loader, pipeline, done)
+    cursor, previous_hash, previous_version = _reconcile(conn, loader, pipeline, done)
     target = pipeline.ledger_last_log_id
+    # The last log whose rows the warehouse holds, from its `logs` table rather than a sync state: a deleted
+    # pipeline's rows stay when its state is gone. Only batches after it may be appended (see Loader.load).
+    held = loader.last_log_id(pipeline.ledger) if loader.appends and cursor < target else target
     if cursor < target:
         with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader, \
                 Transformer() as transformer, closing(_verified_batches(

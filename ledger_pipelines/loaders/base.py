@@ -396,6 +396,13 @@ class Loader(ABC):
             return None
         return rows[0] if rows else None
 
+    def last_log_id(self, ledger: str) -> int:
+        """The highest id of `ledger`'s logs in the `logs` table; 0 if none."""
+        where, params = self._ledger_is(ledger)
+        with self.errors():
+            [(highest,)] = self.query(f"SELECT MAX({self.ident('id')}) FROM {self.relation(LOGS)}{where}", params)
+        return int(highest or 0)
+
     def rows_in(self, table: Table, ledger: str, column: str, values: Sequence[Any]) -> list[dict[str, Any]]:
         """Rows of `table` for `ledger` whose `column` is one of `values`, in IN lists of bounded length."""
         kind = next(c.kind for c in table.columns if c.name == column)

@@ -385,3 +385,19 @@ def test_setup_runs_only_for_a_new_or_older_schema_and_adds_columns_in_place(con
     with warehouse.loader() as loader:
         assert loader.read_sync_state(pipeline.id)["schema_version"] == SCHEMA_VERSION
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+
+
+def test_a_pipeline_created_again_over_a_loaded_warehouse_duplicates_nothing(conn, ledger, pipeline, warehouse):
+    # Rows of logs new to the warehouse are appended, not merged: "new" must come from what the warehouse holds,
+    # not from a sync state, which a deleted pipeline's successor (a new id) does not have.
+    activity(conn, ledger, 0, 20)
+    sync(conn, pipeline, warehouse, batch_size=8)
+    registry.delete_pipeline(conn, pipeline.id)
+    again = registry.create_pipeline(conn, ledger, pipeline.exporter_id, name=f"{pipeline.name}-again")
+    activity(conn, ledger, 20, 5)
+    report = sync(conn, again, warehouse, batch_size=8)
+    assert (report.from_log_id, report.to_log_id) == (1, 25)
+    with warehouse.loader() as loader:
+        assert_warehouse_equals_ledger(conn, loader, ledger, again.id)
+        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == list(range(1, 26))
+        assert loader.read_table(MOVES, ledger).num_rows == 25 * 3 * 2
