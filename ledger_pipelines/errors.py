@@ -183,6 +183,19 @@ class LogGap(PipelineError):
         super().__init__(f"ledger '{ledger}': expected log {expected}, read {found}")
 
 
+class LogIncomplete(PipelineError):
+    """A log lacks a field its type requires (a move without its post-commit volumes): nothing of it loads."""
+
+    error_code = "LOG_INCOMPLETE"
+
+    def __init__(self, log_id: int, table: str, column: str):
+        super().__init__(f"log {log_id} gives no {table}.{column}: the log lacks a field its type requires; "
+                         "`ledgerctl logs verify --deep` compares the log with the ledger's tables")
+        self.log_id = log_id
+        self.table = table
+        self.column = column
+
+
 class MissingBaseRow(PipelineError):
     """A log changes a row the warehouse does not hold: the warehouse lost data; reset the pipeline to 0."""
 

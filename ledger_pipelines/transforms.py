@@ -36,7 +36,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger_pipelines.errors import MissingBaseRow, ValueOutOfRange
+from ledger_pipelines.errors import LogIncomplete, MissingBaseRow, ValueOutOfRange
 from ledger_pipelines.tables import (
     ACCOUNTS,
     ARROW_TYPES,
@@ -116,7 +116,7 @@ _TABLE_SQL: dict[str, str] = {
                                                  OVER later, 0::BIGNUM) AS input,
                    post.output::BIGNUM - coalesce(sum(CASE WHEN is_source THEN amount::BIGNUM ELSE 0::BIGNUM END)
                                                   OVER later, 0::BIGNUM) AS output
-            FROM move_rows m JOIN post_volumes post USING (log_id, account, asset)
+            FROM move_rows m LEFT JOIN post_volumes post USING (log_id, account, asset)
             WINDOW later AS (PARTITION BY m.log_id, m.account, m.asset ORDER BY posting_index, is_source DESC
                              ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING))
         SELECT $ledger AS ledger, transaction_id, posting_index, is_source, account, asset, amount, timestamp,
@@ -308,6 +308,11 @@ def _check_money(tables: dict[str, pa.Table], digits: int) -> None:
 
 
 def _typed(table: Table, data: pa.Table) -> pa.Table:
-    """The warehouse table's Arrow schema: money from its digits to decimal256, time zones named alike."""
+    """The warehouse table's Arrow schema: money from its digits to decimal256, time zones named alike. A value
+    missing where the table requires one means a log lacked a field: refused, naming the earliest such log."""
+    for column in table.columns:
+        if not column.nullable and data.column(column.name).null_count:
+            missing = data.filter(pc.is_null(data.column(column.name)))
+            raise LogIncomplete(pc.min(missing.column("log_id")).as_py(), table.name, column.name)
     return pa.Table.from_arrays([data.column(c.name).cast(ARROW_TYPES[c.kind]) for c in table.columns],
                                 schema=table.arrow_schema)

@@ -23,7 +23,7 @@ import pytest
 
 from ledger_core.requests import DeleteMetadata, NewTransaction, RevertTransaction, SetMetadata
 from ledger_core.writer import write
-from ledger_pipelines.errors import MissingBaseRow
+from ledger_pipelines.errors import LogIncomplete, MissingBaseRow
 from ledger_pipelines.reader import LogReader
 from ledger_pipelines.tables import DATA_TABLES, Kind, Table
 from ledger_pipelines.transforms import Transformer
@@ -172,3 +172,18 @@ def test_a_change_to_a_transaction_the_warehouse_lacks_is_refused_naming_the_log
     with Transformer() as transformer, \
             pytest.raises(MissingBaseRow, match=rf"log {logs.num_rows} changes transaction 1,"):
         transformer.transform(ledger, last, SimulatedWarehouse().current_arrow)
+
+
+def test_a_log_without_its_post_commit_volumes_is_refused_naming_it(
+        conn: psycopg.Connection, database_url: str, ledger: str) -> None:
+    write_random_ledger(conn, ledger, random.Random(5), writes=30)
+    with LogReader(database_url) as reader:
+        logs = reader.read(ledger, after=0, up_to=10**9, limit=10**9)
+    rows = logs.to_pylist()
+    target = next(r for r in rows[3:] if r["type"] == "NEW_TRANSACTION")
+    data = json.loads(target["data"])
+    del data["transaction"]["postCommitVolumes"]
+    target["data"] = json.dumps(data)
+    with Transformer() as transformer, pytest.raises(LogIncomplete, match=rf"^log {target['id']} gives no moves\."):
+        transformer.transform(ledger, pa.Table.from_pylist(rows, schema=logs.schema),
+                              SimulatedWarehouse().current_arrow)
