@@ -102,6 +102,19 @@ CREATE TABLE post_volumes AS
           FROM (SELECT log_id, unnest(map_entries(tx.postCommitVolumes)) AS v FROM tx_logs));
 """
 
+# Every link of a batch, recomputed set-based: `hashing.canonical` (hash version 2) spelled in DuckDB's SQL,
+# hashed over the previous log's stored hash. A fast path only: where it finds no match (a version-1 log, a
+# character DuckDB escapes otherwise, or a real break), `export.first_broken_link` gives the verdict.
+_LINKS = """
+    SELECT count(*) FROM (
+        SELECT hash, hash_version, sha256(unhex(coalesce(lag(hash) OVER (ORDER BY id), $previous)) || encode(
+            '{"id": ' || id || ', "data": ' || data || ', "date": "'
+            || regexp_replace(regexp_replace(strftime(date, '%Y-%m-%dT%H:%M:%S.%f'), '0+$', ''), '[.]$', '')
+            || 'Z", "type": ' || to_json(type) || ', "ledger": ' || to_json($ledger::VARCHAR)
+            || ', "idempotencyKey": ' || coalesce(to_json(idempotency_key)::VARCHAR, 'null') || '}')) AS computed
+        FROM log)
+    WHERE hash_version <> 2 OR hash IS DISTINCT FROM computed"""
+
 _TABLE_SQL: dict[str, str] = {
     LOGS.name: "SELECT $ledger AS ledger, id, type, date, idempotency_key, hash, data, id AS log_id FROM log",
     POSTINGS.name: """
@@ -243,6 +256,15 @@ class Transformer:
             db.register("log", pa.Table.from_batches(logs.to_batches(max_chunksize=1024)))
             db.execute(_PREPARE)
         return prepared
+
+    def links_hold(self, ledger: str, logs: pa.Table, previous: bytes | None) -> bool:
+        """Whether every log of the batch has the hash its canonical form and the previous log's hash give
+        (`previous`: the hash of the log before the batch). False is no verdict: check it with
+        `export.first_broken_link`. Safe to call from any thread."""
+        with self._db.cursor() as db:
+            db.register("log", pa.Table.from_batches(logs.to_batches(max_chunksize=1024)))
+            [(mismatches,)] = db.execute(_LINKS, {"ledger": ledger, "previous": (previous or b"").hex()}).fetchall()
+        return mismatches == 0
 
     def transform(self, ledger: str, logs: pa.Table | Prepared, fetch_current: FetchCurrent,
                   money_digits: int = MONEY_DIGITS) -> Batch:

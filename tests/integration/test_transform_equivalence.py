@@ -187,3 +187,22 @@ def test_a_log_without_its_post_commit_volumes_is_refused_naming_it(
     with Transformer() as transformer, pytest.raises(LogIncomplete, match=rf"^log {target['id']} gives no moves\."):
         transformer.transform(ledger, pa.Table.from_pylist(rows, schema=logs.schema),
                               SimulatedWarehouse().current_arrow)
+
+
+def test_the_set_based_link_check_accepts_the_writers_hashes_and_nothing_else(
+        conn: psycopg.Connection, database_url: str, ledger: str) -> None:
+    # The fast path of the sync's chain check: it must agree with the writer on real logs (hostile idempotency
+    # keys, backdated and fractional timestamps), or every batch would fall back to the Python check.
+    write_random_ledger(conn, ledger, random.Random(11), writes=120)
+    with LogReader(database_url) as reader:
+        logs = reader.read(ledger, after=0, up_to=10**9, limit=10**9)
+    with Transformer() as transformer:
+        assert transformer.links_hold(ledger, logs, None)
+        middle = logs.slice(40)
+        assert transformer.links_hold(ledger, middle, bytes.fromhex(logs.column("hash")[39].as_py()))
+        assert not transformer.links_hold(ledger, middle, None)  # the wrong anchor
+        data = logs.column("data").to_pylist()
+        data[70] = data[70].replace('"', "'", 0) + " "  # one byte more in one log
+        assert not transformer.links_hold(ledger, logs.set_column(logs.schema.get_field_index("data"), "data",
+                                                                  pa.array(data)), None)
+        assert not transformer.links_hold("another", logs, None)
