@@ -41,6 +41,7 @@ from ledger_pipelines.tables import (
     ACCOUNTS,
     ARROW_TYPES,
     BALANCES,
+    BY_NAME,
     DATA_TABLES,
     LOGS,
     MONEY_DIGITS,
@@ -294,7 +295,7 @@ class Transformer:
         keys = self._db.sql(_BASE_KEYS[name]).to_arrow_table().column(0).to_pylist()
         if not keys:
             return schema.empty_table()
-        rows = fetch_current(TRANSACTIONS if name == TRANSACTIONS.name else ACCOUNTS, ledger, keys)
+        rows = fetch_current(BY_NAME[name], ledger, keys)
         return pa.Table.from_arrays([rows.column(f.name).cast(f.type) for f in schema], schema=schema)
 
     def _refuse_missing_transactions(self) -> None:

@@ -315,16 +315,17 @@ class Loader(ABC):
     def load(self, batch: Batch, state: SyncState, *, new_logs: bool = False) -> None:
         """Merge the batch and, last, the sync state: per key, the row with the highest log_id wins.
 
-        `new_logs`: the warehouse never received a log of this batch (its sync state stands below the first),
-        so the rows of immutable tables cannot be there yet. Where the warehouse `appends`, they go straight
+        `new_logs`: the warehouse holds no log of this batch (its `logs` table stands below the first), so the
+        rows of immutable tables cannot be there yet. Where the warehouse `appends`, they go straight
         into their tables inside the load's transaction: no staging, and no merge that would compare them
         with every row already loaded (work that grew with the warehouse, batch after batch).
         """
         self.check_money(batch)
         # An empty table has nothing to merge: no staging, no statement (a round trip each, on a cloud warehouse).
         present = [(BY_NAME[name], data) for name, data in batch.tables.items() if data.num_rows]
-        direct = [(t, d) for t, d in present if new_logs and self.appends and not t.mutable]
-        parts = [*((t, d) for t, d in present if not any(t is a for a, _ in direct)), (SYNC_STATE, state.as_table())]
+        appending = new_logs and self.appends
+        direct = [(t, d) for t, d in present if appending and not t.mutable]
+        parts = [*((t, d) for t, d in present if not (appending and not t.mutable)), (SYNC_STATE, state.as_table())]
         staged: list[Any] = []
         with self.errors():
             try:
