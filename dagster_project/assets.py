@@ -64,11 +64,14 @@ LEDGER_LOG = dg.AssetSpec(
 
 TABLE_DESCRIPTIONS = {
     "logs": "Every log entry: id, type, date, idempotency key, hash, data (JSON).",
-    "transactions": "One row per transaction: timestamps, reference, current metadata, reverted_at.",
+    "transactions": "One row per transaction: timestamps, reference, current metadata, reverted_at, reversal links.",
     "postings": "One row per posting: source, destination, asset, exact amount.",
-    "moves": "One row per account side of a posting, with the account's post-commit volumes (balance history).",
+    "moves": "One row per account side of a posting: signed amount, asset scale, volumes after it in insertion "
+             "order (effective order: the moves_effective view).",
     "accounts": "One row per account: current metadata, first use, last update.",
     "balances": "Current input, output and balance per account and asset, as of the pipeline's cursor.",
+    "daily_volumes": "What each account received and sent per asset and UTC day, by effective date (closing "
+                     "balances: the daily_balances view).",
 }
 
 

@@ -25,23 +25,20 @@ LEDGER = "demo-marketplace"
 
 ANALYST_QUERIES = {
     "Top 4 balances (sellers and platform) in each asset": """
-        SELECT asset, account, balance FROM ledger.balances
+        SELECT asset, account, display_balance FROM ledger.balances
         WHERE ledger = $ledger AND account NOT LIKE 'orders:%' AND account <> 'world'
         QUALIFY row_number() OVER (PARTITION BY asset ORDER BY balance DESC, account) <= 4
         ORDER BY asset, balance DESC, account""",
     "Daily pay-in volume per asset (effective date, refunds netted out)": """
-        SELECT CAST(p.timestamp AS DATE) AS day, p.asset, count(*) AS payins,
-               sum(p.amount) - coalesce(sum(p.amount) FILTER (WHERE t.reverted_at IS NOT NULL), 0) AS net_amount
-        FROM ledger.postings p JOIN ledger.transactions t ON t.ledger = p.ledger AND t.id = p.transaction_id
-        WHERE p.ledger = $ledger AND p.source = 'world'
-        GROUP BY ALL ORDER BY day, asset""",
-    "Balance history of platform:fees in USD/2 (closing balance per effective day, from moves)": """
-        SELECT day, last(balance ORDER BY seq) AS closing_balance FROM (
-            SELECT CAST(timestamp AS DATE) AS day, row_number() OVER w AS seq,
-                   sum(CASE WHEN is_source THEN -amount ELSE amount END) OVER w AS balance
-            FROM ledger.moves WHERE ledger = $ledger AND account = 'platform:fees' AND asset = 'USD/2'
-            WINDOW w AS (ORDER BY timestamp, transaction_id, posting_index))
-        GROUP BY day ORDER BY day""",
+        SELECT day, asset, output AS paid_in, input AS refunded, output - input AS net
+        FROM ledger.daily_volumes WHERE ledger = $ledger AND account = 'world' ORDER BY day, asset""",
+    "Closing balance of platform:fees in USD/2 per effective day (late payments included)": """
+        SELECT day, closing_balance FROM ledger.daily_balances
+        WHERE ledger = $ledger AND account = 'platform:fees' AND asset = 'USD/2' ORDER BY day""",
+    "Refunds: the order each one reverses, dated at the order's effective time": """
+        SELECT r.id AS refund, r.reverts_transaction_id AS order_transaction, r.timestamp, r.inserted_at
+        FROM ledger.transactions r WHERE r.ledger = $ledger AND r.reverts_transaction_id IS NOT NULL
+        ORDER BY r.id""",
 }
 
 

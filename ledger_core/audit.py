@@ -1,17 +1,18 @@
 """Deep verification: replay the log and prove the ledger's own tables equal the replay.
 
 The hash chain proves the log is what was written; this proves the tables every read (and `balances`)
-answers from are what the log says: `transactions`, `moves` (both point-in-time orders of volumes),
-`volumes`, `accounts` and the ledger's head. Each table is rebuilt from the logs with set-based SQL over
-the log's JSON (one pass, no row-by-row Python), compared row by row as JSON objects, and the first
-difference is named: the table, the row's key, the columns that differ, and both values.
+answers from are what the log says: `transactions`, `moves` (insertion-order volumes), `daily_volumes`
+(effective-order history), `volumes`, `accounts` and the ledger's head. Each table is rebuilt from the logs
+with set-based SQL over the log's JSON (one pass, no row-by-row Python), compared row by row as JSON
+objects, and the first difference is named: the table, the row's key, the columns that differ, and both
+values.
 
 Rules the replay encodes (the writer's, in `writer.py`):
 - a transaction row is created by its NEW_TRANSACTION or REVERTED_TRANSACTION log; its metadata folds the
   later SET_METADATA / DELETE_METADATA logs in id order; a revert sets `reverted_at`; `log_id` is the last
   log that changed it;
-- every posting gives two moves (source first); insertion-order volumes are running sums by (transaction,
-  posting, source first), effective-order volumes by (effective date, then the same);
+- every posting gives two moves (source first); their volumes are running sums by (transaction, posting,
+  source first); each (account, asset, UTC day of the effective date) sums what its moves brought in and out;
 - an account is touched by its moves, by `accountMetadata`, and by metadata logs that target it.
 """
 
@@ -73,26 +74,29 @@ CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
     replay AS (
         SELECT transaction_id, posting_index, is_source, account, asset, amount, effective_date, insertion_date,
                sum(CASE WHEN is_source THEN 0 ELSE amount END) OVER by_insertion AS post_commit_input,
-               sum(CASE WHEN is_source THEN amount ELSE 0 END) OVER by_insertion AS post_commit_output,
-               sum(CASE WHEN is_source THEN 0 ELSE amount END) OVER by_effect AS post_commit_effective_input,
-               sum(CASE WHEN is_source THEN amount ELSE 0 END) OVER by_effect AS post_commit_effective_output
+               sum(CASE WHEN is_source THEN amount ELSE 0 END) OVER by_insertion AS post_commit_output
         FROM log_moves
         WINDOW by_insertion AS (PARTITION BY account, asset ORDER BY transaction_id, posting_index, is_source DESC
-                                ROWS UNBOUNDED PRECEDING),
-               by_effect AS (PARTITION BY account, asset
-                             ORDER BY effective_date, transaction_id, posting_index, is_source DESC
-                             ROWS UNBOUNDED PRECEDING)),
+                                ROWS UNBOUNDED PRECEDING)),
     stored AS (
         SELECT transaction_id, posting_index, is_source, account, asset, amount, effective_date, insertion_date,
-               post_commit_input, post_commit_output, post_commit_effective_input, post_commit_effective_output
+               post_commit_input, post_commit_output
         FROM ledger_core.moves WHERE ledger = %(l)s)"""),
+    "daily_volumes": (("account", "asset", "day"), _TX_LOGS + """,
+    replay AS (
+        SELECT account, asset, (effective_date AT TIME ZONE 'UTC')::date AS day,
+               sum(CASE WHEN is_source THEN 0 ELSE amount END) AS input,
+               sum(CASE WHEN is_source THEN amount ELSE 0 END) AS output
+        FROM log_moves GROUP BY 1, 2, 3),
+    stored AS (
+        SELECT account, asset, day, input, output FROM ledger_core.daily_volumes WHERE ledger = %(l)s)"""),
     "volumes": (("account", "asset"), _TX_LOGS + """,
     replay AS (
         SELECT account, asset, sum(CASE WHEN is_source THEN 0 ELSE amount END) AS input,
-               sum(CASE WHEN is_source THEN amount ELSE 0 END) AS output, max(effective_date) AS max_effective_date
+               sum(CASE WHEN is_source THEN amount ELSE 0 END) AS output
         FROM log_moves GROUP BY account, asset),
     stored AS (
-        SELECT account, asset, input, output, max_effective_date FROM ledger_core.volumes WHERE ledger = %(l)s)"""),
+        SELECT account, asset, input, output FROM ledger_core.volumes WHERE ledger = %(l)s)"""),
     "accounts": (("address",), _TX_LOGS + """,
     touches AS (
         SELECT account AS address, log_id, date, NULL::jsonb AS op, effective_date FROM log_moves

@@ -255,7 +255,8 @@ def bulk_command(element: Any, line: int) -> Command:
         if action == "DELETE_METADATA":
             return DeleteMetadata.build(data.get("targetType"), data.get("targetId"), data.get("key"), key)
         if action == "REVERT_TRANSACTION":
-            return RevertTransaction(data.get("id"), data.get("force", False), key)
+            return RevertTransaction(data.get("id"), data.get("force", False), key,
+                                     data.get("atEffectiveDate", False))
         raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(BULK_ACTIONS)}")
     except ValidationError as exc:
         raise ValidationError(f"line {line}: {exc}") from None
@@ -288,11 +289,15 @@ def tx_bulk(ledger: str, path: str, dry_run: bool) -> None:
 @click.argument("transaction_id", type=int)
 @click.option("--force", is_flag=True, help="Revert even if a destination no longer holds the funds.")
 @click.option("--idempotency-key", default=None)
+@click.option("--at-effective-date", is_flag=True,
+              help="Date the reversal at the original's effective time instead of now.")
 @handles_errors
-def tx_revert(ledger: str, transaction_id: int, force: bool, idempotency_key: str | None) -> None:
+def tx_revert(ledger: str, transaction_id: int, force: bool, idempotency_key: str | None,
+              at_effective_date: bool) -> None:
     """Revert a transaction: write its postings reversed and mark it reverted."""
     with open_db() as conn:
-        [result] = write(conn, ledger, [RevertTransaction(transaction_id, force, idempotency_key)])
+        [result] = write(conn, ledger, [RevertTransaction(transaction_id, force, idempotency_key,
+                                                          at_effective_date)])
     emit(result.to_json())
 
 

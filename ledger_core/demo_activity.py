@@ -63,9 +63,10 @@ def marketplace_days(days: int, orders_per_day: int, seed: int = 7) -> Iterator[
                 "accountMetadata": {f"orders:{order:06d}": {"customer": customer, "seller": seller}},
             }, idempotency_key=f"demo-order-{order}"))
         yield commands
-        # Refunds revert some of today's orders; payouts sweep seller balances at the end of the day.
+        # Refunds revert some of today's orders, dated at the order's effective time (not the day the demo runs);
+        # payouts sweep seller balances at the end of the day.
         refunds: list[Command] = [
-            RevertTransaction(tx_id, idempotency_key=f"demo-refund-{tx_id}")
+            RevertTransaction(tx_id, idempotency_key=f"demo-refund-{tx_id}", at_effective_date=True)
             for tx_id in range(order - orders_per_day + 1, order + 1) if rng.random() < 0.02
         ]
         payouts: list[Command] = [
@@ -86,6 +87,18 @@ def seed_marketplace(conn: psycopg.Connection, ledger: str, *, days: int = 7, or
         create_ledger(conn, ledger, {"purpose": "demo marketplace"})
     new = 0
     for commands in marketplace_days(days, orders_per_day):
+        # A refund an earlier run made is skipped (one made before refunds were dated would conflict on its key).
+        commands = _not_yet_reverted(conn, ledger, commands)
         if commands:
             new += sum(not result.replayed for result in write(conn, ledger, commands))
     return new
+
+
+def _not_yet_reverted(conn: psycopg.Connection, ledger: str, commands: list[Command]) -> list[Command]:
+    targets = [c.transaction_id for c in commands if isinstance(c, RevertTransaction)]
+    if not targets:
+        return commands
+    done = {tx_id for (tx_id,) in conn.execute(
+        "SELECT id FROM ledger_core.transactions WHERE ledger = %s AND id = ANY(%s) AND reverted_at IS NOT NULL",
+        (ledger, targets))}
+    return [c for c in commands if not (isinstance(c, RevertTransaction) and c.transaction_id in done)]

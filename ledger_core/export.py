@@ -91,6 +91,7 @@ class State:
     moves: int
     balances: int  # (account, asset) pairs moved
     accounts: int  # accounts moved or given metadata
+    days: int  # (account, asset, UTC day of the effective date) with a move
 
     @classmethod
     def as_of(cls, conn: psycopg.Connection, ledger: str, cursor: int) -> State:
@@ -109,6 +110,8 @@ class State:
                  (SELECT count(*) FROM ledger_core.moves WHERE ledger = %(l)s AND transaction_id <= %(t)s),
                  (SELECT count(DISTINCT (account, asset)) FROM ledger_core.moves
                    WHERE ledger = %(l)s AND transaction_id <= %(t)s),
+                 (SELECT count(DISTINCT (account, asset, (effective_date AT TIME ZONE 'UTC')::date))
+                   FROM ledger_core.moves WHERE ledger = %(l)s AND transaction_id <= %(t)s),
                  (SELECT count(*) FROM (
                     SELECT account FROM ledger_core.moves WHERE ledger = %(l)s AND transaction_id <= %(t)s
                     UNION SELECT data->>'targetId' FROM ledger_core.logs
@@ -118,8 +121,8 @@ class State:
             {"l": ledger, "t": last_tx, "c": cursor},
         ).fetchone()
         assert counts is not None
-        transactions, moves, balances, accounts = (int(v) for v in counts)
-        return cls(cursor, last_tx, last_hash, transactions, moves, balances, accounts)
+        transactions, moves, balances, days, accounts = (int(v) for v in counts)
+        return cls(cursor, last_tx, last_hash, transactions, moves, balances, accounts, days)
 
     def balances_of(self, conn: psycopg.Connection, ledger: str,
                     accounts: Sequence[str] | None = None) -> dict[tuple[str, str], tuple[int, int]]:

@@ -140,6 +140,31 @@ CORE_MIGRATIONS: Sequence[str] = (
     CREATE AGGREGATE ledger_core.fold_metadata(jsonb) (
         SFUNC = ledger_core.metadata_step, STYPE = jsonb, INITCOND = '{}');
     """,
+    # 4: effective-order history as per-day volumes instead of per-move running sums. A backdated move used to
+    # restate the effective volumes of every later move of its account (a cost that grew with the account's
+    # history: `world` is in nearly every transaction); now it adds to one row, its (account, asset, UTC day).
+    # A balance as of T is the days before T's day plus that day's moves up to T (see reads.balances).
+    """
+    CREATE TABLE ledger_core.daily_volumes (
+        ledger  text NOT NULL,
+        account text NOT NULL,
+        asset   text NOT NULL,
+        day     date NOT NULL,
+        input   numeric NOT NULL,
+        output  numeric NOT NULL,
+        PRIMARY KEY (ledger, account, asset, day)
+    );
+    INSERT INTO ledger_core.daily_volumes (ledger, account, asset, day, input, output)
+        SELECT ledger, account, asset, (effective_date AT TIME ZONE 'UTC')::date,
+               sum(CASE WHEN is_source THEN 0 ELSE amount END), sum(CASE WHEN is_source THEN amount ELSE 0 END)
+        FROM ledger_core.moves GROUP BY 1, 2, 3, 4;
+    ALTER TABLE ledger_core.moves DROP COLUMN post_commit_effective_input,
+                                  DROP COLUMN post_commit_effective_output;
+    ALTER TABLE ledger_core.volumes DROP COLUMN max_effective_date;
+    -- It served the per-move restatement. Reads by effective date filter accounts by pattern (no index helps)
+    -- and take a day's moves at most; every backdated write paid for it with an insert at a random position.
+    DROP INDEX ledger_core.moves_effective;
+    """,
 )
 
 

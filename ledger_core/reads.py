@@ -6,7 +6,7 @@ import base64
 import binascii
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -197,12 +197,18 @@ def balances(
         clauses.append("asset = %s")
         params.append(asset(asset_filter))
     if effective_at is not None:
-        clauses.append("effective_date <= %s")
-        params.append(effective_at)
-        sql = f"""SELECT DISTINCT ON (account, asset) account, asset, post_commit_effective_input::text,
-                         post_commit_effective_output::text
-                  FROM ledger_core.moves WHERE {' AND '.join(clauses)}
-                  ORDER BY account, asset, effective_date DESC, seq DESC"""
+        # Whole days before T's (UTC) day from the daily volumes, then that day's moves up to T.
+        where = " AND ".join(clauses)
+        day_start = effective_at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        sql = f"""SELECT account, asset, sum(input)::text, sum(output)::text FROM (
+                      SELECT account, asset, input, output FROM ledger_core.daily_volumes
+                      WHERE {where} AND day < %s::date
+                      UNION ALL
+                      SELECT account, asset, CASE WHEN is_source THEN 0 ELSE amount END,
+                             CASE WHEN is_source THEN amount ELSE 0 END
+                      FROM ledger_core.moves WHERE {where} AND effective_date >= %s AND effective_date <= %s) v
+                  GROUP BY account, asset ORDER BY account, asset"""
+        params = [*params, day_start.date(), *params, day_start, effective_at]
     elif inserted_at is not None:
         clauses.append("insertion_date <= %s")
         params.append(inserted_at)

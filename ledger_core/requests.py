@@ -177,18 +177,26 @@ class NewTransaction:
 
 @dataclass(frozen=True)
 class RevertTransaction:
+    """Write a transaction's postings reversed. `at_effective_date`: date the reversal at the original's effective
+    time (Formance's `atEffectiveDate`), so a refund of a March order lands in March, not on the day it is made."""
+
     transaction_id: int
     force: bool = False
     idempotency_key: str | None = None
+    at_effective_date: bool = False
 
     def __post_init__(self) -> None:
         transaction_id(self.transaction_id)
-        if not isinstance(self.force, bool):
-            raise ValidationError("must be true or false", field="force")
+        for value, name in ((self.force, "force"), (self.at_effective_date, "atEffectiveDate")):
+            if not isinstance(value, bool):
+                raise ValidationError("must be true or false", field=name)
         _idempotency_key(self.idempotency_key)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": "REVERTED_TRANSACTION", "id": self.transaction_id, "force": self.force}
+        fingerprint = {"kind": "REVERTED_TRANSACTION", "id": self.transaction_id, "force": self.force}
+        if self.at_effective_date:  # only when set: keys used before the option existed keep their fingerprint
+            fingerprint["atEffectiveDate"] = True
+        return fingerprint
 
 
 def _target(target_type: Any, target_id: Any) -> tuple[TargetType, str | int]:

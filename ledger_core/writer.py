@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import psycopg
@@ -123,8 +123,6 @@ class _AccountState:
 class _VolumeState:
     input: int
     output: int
-    max_effective_date: datetime | None
-    backdated_from: datetime | None = None  # earliest effective date written behind the newest one
 
     @property
     def balance(self) -> int:
@@ -149,6 +147,7 @@ class _Batch:
     originals: dict[int, _TransactionRow] = field(default_factory=dict)  # existing txs this batch touches
     new_transactions: dict[int, _TransactionRow] = field(default_factory=dict)
     moves: list[tuple[Any, ...]] = field(default_factory=list)
+    daily: dict[tuple[str, str, date], list[int]] = field(default_factory=dict)  # (account, asset, day) -> in, out
     logs: list[tuple[Any, ...]] = field(default_factory=list)
     results: list[WriteResult] = field(default_factory=list)
 
@@ -211,14 +210,14 @@ class _Batch:
             (self.ledger, accounts, assets),
         )
         rows = self.conn.execute(
-            """SELECT v.account, v.asset, v.input::text, v.output::text, v.max_effective_date
+            """SELECT v.account, v.asset, v.input::text, v.output::text
                FROM ledger_core.volumes v JOIN unnest(%s::text[], %s::text[]) AS u(a, s)
                  ON v.account = u.a AND v.asset = u.s
                WHERE v.ledger = %s ORDER BY v.account, v.asset FOR UPDATE OF v""",
             (accounts, assets, self.ledger),
         ).fetchall()
-        for account, asset, input_, output, max_eff in rows:
-            self.volumes[(account, asset)] = _VolumeState(int(input_), int(output), max_eff)
+        for account, asset, input_, output in rows:
+            self.volumes[(account, asset)] = _VolumeState(int(input_), int(output))
 
     def _lock_ledger(self) -> None:
         row = self.conn.execute(
@@ -380,18 +379,14 @@ class _Batch:
 
     def _move(self, transaction_id: int, posting_index: int, account: str, asset: str, amount: int,
               is_source: bool, effective: datetime, state: _VolumeState) -> None:
-        # Effective-order volumes equal the running totals while moves arrive in effective order; a move
-        # dated before the newest one is recomputed in SQL at flush time (see _recompute_effective).
-        in_order = state.max_effective_date is None or effective >= state.max_effective_date
-        if in_order:
-            state.max_effective_date = effective
-        elif state.backdated_from is None or effective < state.backdated_from:
-            state.backdated_from = effective
         self.moves.append((
             self.ledger, transaction_id, posting_index, account, asset, amount, is_source, effective,
             self.date, state.input, state.output,
-            state.input if in_order else None, state.output if in_order else None,
         ))
+        # Effective-order history is kept per UTC day: a backdated move changes one day's row, never the moves
+        # after it (see migration 4 and reads.balances).
+        day = self.daily.setdefault((account, asset, effective.astimezone(UTC).date()), [0, 0])
+        day[1 if is_source else 0] += amount
 
     def _new_transaction(self, index: int, command: NewTransaction) -> tuple[LogType, dict, Transaction]:
         if command.reference and command.reference in self.taken_references:
@@ -430,10 +425,11 @@ class _Batch:
         )
         self.last_transaction_id += 1
         tx_id = self.last_transaction_id
-        pre, post = self._post(index, tx_id, self.date, reversed_postings, command.force)
+        timestamp = original.transaction.timestamp if command.at_effective_date else self.date
+        pre, post = self._post(index, tx_id, timestamp, reversed_postings, command.force)
         metadata = {REVERTS_METADATA_KEY: str(command.transaction_id)}
         tx = Transaction(id=tx_id, postings=tuple(r.posting for r in reversed_postings), metadata=metadata,
-                         timestamp=self.date, inserted_at=self.date, pre_commit_volumes=pre,
+                         timestamp=timestamp, inserted_at=self.date, pre_commit_volumes=pre,
                          post_commit_volumes=post)
         self.new_transactions[tx_id] = _TransactionRow(tx, dict(metadata), None, self.last_log_id + 1)
         original.reverted_at = self.date
@@ -466,8 +462,8 @@ class _Batch:
         if self.moves:
             with conn.cursor().copy(
                 """COPY ledger_core.moves (ledger, transaction_id, posting_index, account, asset, amount,
-                       is_source, effective_date, insertion_date, post_commit_input, post_commit_output,
-                       post_commit_effective_input, post_commit_effective_output) FROM STDIN"""
+                       is_source, effective_date, insertion_date, post_commit_input, post_commit_output)
+                   FROM STDIN"""
             ) as copy:
                 for move in self.moves:
                     copy.write_row(move)
@@ -505,12 +501,11 @@ class _Batch:
             items = sorted(self.volumes.items())
             conn.execute(
                 """UPDATE ledger_core.volumes v
-                   SET input = u.input::numeric, output = u.output::numeric, max_effective_date = u.med
-                   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[])
-                        AS u(account, asset, input, output, med)
+                   SET input = u.input::numeric, output = u.output::numeric
+                   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(account, asset, input, output)
                    WHERE v.ledger = %s AND v.account = u.account AND v.asset = u.asset""",
                 ([a for (a, _), _s in items], [s for (_, s), _s in items], [str(st.input) for _, st in items],
-                 [str(st.output) for _, st in items], [st.max_effective_date for _, st in items], self.ledger),
+                 [str(st.output) for _, st in items], self.ledger),
             )
         dirty = sorted((a, s) for a, s in self.accounts.items() if s.dirty)
         if dirty:
@@ -526,7 +521,7 @@ class _Batch:
                 (self.ledger, self.date, [a for a, _ in dirty], [json.dumps(s.metadata) for _, s in dirty],
                  [s.first_usage for _, s in dirty], [s.insertion_date or self.date for _, s in dirty]),
             )
-        self._recompute_effective()
+        self._add_daily_volumes()
         conn.execute(
             """UPDATE ledger_core.ledgers SET last_log_id = %s, last_log_hash = %s, last_log_date = %s,
                       last_transaction_id = %s WHERE name = %s""",
@@ -535,38 +530,21 @@ class _Batch:
         # Delivered at commit, never for a rolled-back write: lets `sync --follow` wake without polling.
         conn.execute("SELECT pg_notify(%s, %s)", (LOGS_CHANNEL, f"{self.ledger}:{self.last_log_id}"))
 
-    def _recompute_effective(self) -> None:
-        """Rebuild effective-order volumes of every move at or after a backdated one, per account and asset."""
-        backdated = sorted((pair, st.backdated_from) for pair, st in self.volumes.items() if st.backdated_from)
-        if not backdated:
+    def _add_daily_volumes(self) -> None:
+        """Add the batch's moves to their (account, asset, day) rows: one row each, whatever the date. Only this
+        writer can touch these rows now: it holds the lock of every (account, asset) they belong to."""
+        if not self.daily:
             return
+        items = sorted(self.daily.items())
         self.conn.execute(
-            """WITH affected AS (
-                   SELECT * FROM unnest(%(accounts)s::text[], %(assets)s::text[], %(froms)s::timestamptz[])
-                       AS u(account, asset, from_date)),
-               base AS (
-                   SELECT a.account, a.asset, a.from_date,
-                          coalesce(b.pci, 0) AS in0, coalesce(b.pco, 0) AS out0
-                   FROM affected a LEFT JOIN LATERAL (
-                       SELECT post_commit_effective_input AS pci, post_commit_effective_output AS pco
-                       FROM ledger_core.moves m
-                       WHERE m.ledger = %(ledger)s AND m.account = a.account AND m.asset = a.asset
-                         AND m.effective_date < a.from_date
-                       ORDER BY m.effective_date DESC, m.seq DESC LIMIT 1) b ON true),
-               running AS (
-                   SELECT m.seq,
-                          base.in0 + sum(CASE WHEN m.is_source THEN 0 ELSE m.amount END) OVER w AS pci,
-                          base.out0 + sum(CASE WHEN m.is_source THEN m.amount ELSE 0 END) OVER w AS pco
-                   FROM base JOIN ledger_core.moves m
-                     ON m.ledger = %(ledger)s AND m.account = base.account AND m.asset = base.asset
-                    AND m.effective_date >= base.from_date
-                   WINDOW w AS (PARTITION BY m.account, m.asset ORDER BY m.effective_date, m.seq
-                                ROWS UNBOUNDED PRECEDING))
-               UPDATE ledger_core.moves m
-               SET post_commit_effective_input = r.pci, post_commit_effective_output = r.pco
-               FROM running r WHERE m.seq = r.seq""",
-            {"accounts": [a for (a, _), _f in backdated], "assets": [s for (_, s), _f in backdated],
-             "froms": [f for _, f in backdated], "ledger": self.ledger},
+            """INSERT INTO ledger_core.daily_volumes AS d (ledger, account, asset, day, input, output)
+               SELECT %s, u.account, u.asset, u.day, u.input::numeric, u.output::numeric
+               FROM unnest(%s::text[], %s::text[], %s::date[], %s::text[], %s::text[])
+                    AS u(account, asset, day, input, output)
+               ON CONFLICT (ledger, account, asset, day) DO UPDATE
+               SET input = d.input + excluded.input, output = d.output + excluded.output""",
+            (self.ledger, [a for (a, _, _), _v in items], [s for (_, s, _), _v in items],
+             [d for (_, _, d), _v in items], [str(v[0]) for _, v in items], [str(v[1]) for _, v in items]),
         )
 
 

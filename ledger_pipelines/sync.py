@@ -52,7 +52,7 @@ from ledger_pipelines.errors import (
 from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.reader import LogReader
-from ledger_pipelines.tables import BALANCES, Batch, SyncState
+from ledger_pipelines.tables import BALANCES, SCHEMA_VERSION, Batch, SyncState
 from ledger_pipelines.transforms import Prepared, Transformer
 from ledger_pipelines.verify import CheckResult, freshness, verify
 
@@ -230,8 +230,12 @@ def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipe
                                                "after export or the warehouse holds another copy of this ledger")
     if held < cursor:
         registry.move_cursor(conn, pipeline.id, cursor, held)
-        done.note = (f"the warehouse held logs up to {held} only (wiped, restored or new?), the cursor stood at "
-                     f"{cursor}: replayed from log {held + 1}")
+        if loader.upgraded_from is not None:
+            done.note = (f"the warehouse's tables were built by schema version {loader.upgraded_from}; emptied and "
+                         f"replayed from log 1 into version {SCHEMA_VERSION}")
+        else:
+            done.note = (f"the warehouse held logs up to {held} only (wiped, restored or new?), the cursor stood "
+                         f"at {cursor}: replayed from log {held + 1}")
         cursor = held
     if cursor == 0:
         return 0, None, 1

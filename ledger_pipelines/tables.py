@@ -21,6 +21,7 @@ class Kind(StrEnum):
     INT64 = "int64"
     BOOL = "bool"
     TIMESTAMP = "timestamp"  # UTC, microseconds, time-zone aware
+    DATE = "date"  # a calendar day (UTC)
     JSON = "json"
     MONEY = "money"  # exact integer; carried as decimal256(76, 0) in Arrow
 
@@ -33,6 +34,7 @@ ARROW_TYPES: dict[Kind, pa.DataType] = {
     Kind.INT64: pa.int64(),
     Kind.BOOL: pa.bool_(),
     Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    Kind.DATE: pa.date32(),
     Kind.JSON: pa.string(),
     Kind.MONEY: pa.decimal256(MONEY_DIGITS, 0),
 }
@@ -69,7 +71,8 @@ def _c(name: str, kind: Kind, nullable: bool = False) -> Column:
     return Column(name, kind, nullable)
 
 
-S, I32, I64, B, T, J, M = Kind.STRING, Kind.INT32, Kind.INT64, Kind.BOOL, Kind.TIMESTAMP, Kind.JSON, Kind.MONEY
+S, I32, I64, B, T, D, J, M = (Kind.STRING, Kind.INT32, Kind.INT64, Kind.BOOL, Kind.TIMESTAMP, Kind.DATE, Kind.JSON,
+                              Kind.MONEY)
 
 LOGS = Table("logs", (
     _c("ledger", S), _c("id", I64), _c("type", S), _c("date", T), _c("idempotency_key", S, True),
@@ -78,7 +81,8 @@ LOGS = Table("logs", (
 
 TRANSACTIONS = Table("transactions", (
     _c("ledger", S), _c("id", I64), _c("timestamp", T), _c("inserted_at", T), _c("reference", S, True),
-    _c("metadata", J), _c("reverted_at", T, True), _c("log_id", I64),
+    _c("metadata", J), _c("reverted_at", T, True), _c("reverts_transaction_id", I64, True),
+    _c("reverted_by_transaction_id", I64, True), _c("log_id", I64),
 ), key=("ledger", "id"), mutable=True)
 
 POSTINGS = Table("postings", (
@@ -88,7 +92,8 @@ POSTINGS = Table("postings", (
 
 MOVES = Table("moves", (
     _c("ledger", S), _c("transaction_id", I64), _c("posting_index", I32), _c("is_source", B),
-    _c("account", S), _c("asset", S), _c("amount", M), _c("timestamp", T), _c("inserted_at", T),
+    _c("account", S), _c("asset", S), _c("asset_scale", I32), _c("amount", M), _c("signed_amount", M),
+    _c("display_amount", S), _c("timestamp", T), _c("inserted_at", T),
     _c("post_commit_input", M), _c("post_commit_output", M), _c("post_commit_balance", M), _c("log_id", I64),
 ), key=("ledger", "transaction_id", "posting_index", "is_source"), mutable=False)
 
@@ -98,24 +103,35 @@ ACCOUNTS = Table("accounts", (
 ), key=("ledger", "address"), mutable=True)
 
 BALANCES = Table("balances", (
-    _c("ledger", S), _c("account", S), _c("asset", S), _c("input", M), _c("output", M), _c("balance", M),
-    _c("log_id", I64),
+    _c("ledger", S), _c("account", S), _c("asset", S), _c("asset_scale", I32), _c("input", M), _c("output", M),
+    _c("balance", M), _c("display_balance", S), _c("log_id", I64),
 ), key=("ledger", "account", "asset"), mutable=True)
+
+# What each (account, asset) received and sent on each UTC day, by effective date (a transaction's `timestamp`):
+# a backdated write changes its own day's row only. The `daily_balances` view sums these into closing balances.
+DAILY_VOLUMES = Table("daily_volumes", (
+    _c("ledger", S), _c("account", S), _c("asset", S), _c("day", D), _c("asset_scale", I32), _c("input", M),
+    _c("output", M), _c("log_id", I64),
+), key=("ledger", "account", "asset", "day"), mutable=True)
 
 SYNC_STATE = Table("sync_state", (
     _c("pipeline_id", S), _c("ledger", S), _c("last_log_id", I64), _c("last_log_hash", S), _c("synced_at", T),
     _c("log_id", I64), _c("schema_version", I32, True),
 ), key=("pipeline_id",), mutable=True)
 
-DATA_TABLES: tuple[Table, ...] = (LOGS, TRANSACTIONS, POSTINGS, MOVES, ACCOUNTS, BALANCES)
+DATA_TABLES: tuple[Table, ...] = (LOGS, TRANSACTIONS, POSTINGS, MOVES, ACCOUNTS, BALANCES, DAILY_VOLUMES)
 ALL_TABLES: tuple[Table, ...] = (*DATA_TABLES, SYNC_STATE)
 BY_NAME = {t.name: t for t in ALL_TABLES}
 
 # The version of these descriptions. A warehouse records, per pipeline, the version it was built with (in
 # `sync_state`); a loader runs its setup (DDL, views, columns added in place) only when that is missing or
 # older, never on every sync. Bump it whenever a table, column or view changes.
-# 1: the first tables; 2: `sync_state.schema_version`.
-SCHEMA_VERSION = 2
+# 1: the first tables; 2: `sync_state.schema_version`; 3: signed amounts and asset scale, reversal links,
+# `daily_volumes`, and the views `daily_balances` and `moves_effective`.
+SCHEMA_VERSION = 3
+# A warehouse built before this version is emptied and replayed from the first log rather than upgraded in place:
+# its rows lack values (signed amounts, reversal links, daily volumes) that only a replay of the logs gives.
+REPLAY_BELOW = 3
 
 
 @dataclass(frozen=True)

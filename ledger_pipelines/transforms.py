@@ -6,11 +6,12 @@ an in-process DuckDB over that Arrow table, with no Python per row:
 - every log's JSON is unpacked once (`json_transform` to typed structs), then postings and moves are
   unnested, and each move's post-commit volumes are its transaction's post-commit volumes less a window sum
   over the moves after it (sources before destinations within a posting, as the writer applies them);
-- current-state tables are folded: transactions and accounts start from the rows the warehouse holds
-  (fetched by key through the loader), then every change the batch makes to them with a newer log id is
-  applied in log order (metadata as JSON merge patches, first use as a minimum, the last change's date);
-  balances come whole from each transaction's post-commit volumes, the last per key. Each row carries the
-  id of the last log that changed it, so a batch replayed over a warehouse that has it changes nothing.
+- current-state tables are folded: transactions, accounts and daily volumes start from the rows the
+  warehouse holds (fetched by key through the loader), then every change the batch makes to them with a
+  newer log id is applied in log order (metadata as JSON merge patches, first use as a minimum, the last
+  change's date, reversal links, a day's inflow and outflow added); balances come whole from each
+  transaction's post-commit volumes, the last per key. Each row carries the id of the last log that changed
+  it, so a batch replayed over a warehouse that has it changes nothing.
 
 Why here and not in PostgreSQL: the logs' text is read anyway (it is the `logs` table), and DuckDB unpacks
 it on the sync's own cores, on a worker thread while the previous batch loads. Computing five of the six
@@ -42,6 +43,7 @@ from ledger_pipelines.tables import (
     ARROW_TYPES,
     BALANCES,
     BY_NAME,
+    DAILY_VOLUMES,
     DATA_TABLES,
     LOGS,
     MONEY_DIGITS,
@@ -53,8 +55,9 @@ from ledger_pipelines.tables import (
     Table,
 )
 
-# fetch_current(table, ledger, keys) -> the warehouse's current rows of `table` with those (one-column) keys
-FetchCurrent = Callable[[Table, str, Sequence[Any]], pa.Table]
+# fetch_current(table, ledger, keys, within) -> the warehouse's current rows of `table` whose first key column
+# after `ledger` is in `keys` and, if `within` = (column, low, high) is given, whose `column` is in low..high
+FetchCurrent = Callable[[Table, str, Sequence[Any], "tuple[str, Any, Any] | None"], pa.Table]
 
 _VOLUMES = "MAP(VARCHAR, MAP(VARCHAR, STRUCT(input VARCHAR, output VARCHAR)))"
 _TRANSACTION = {
@@ -73,6 +76,20 @@ LOG_SHAPE = json.dumps({
 
 _TRANSACTION_LOGS = "('NEW_TRANSACTION', 'REVERTED_TRANSACTION')"
 
+# An asset's scale is its name's precision (`USD/2` -> 2, `JPY` -> 0). A display amount is the signed integer
+# (text) with the point set by the scale: exact, never a float. Past 76 places (no amount has more digits, and a
+# scale may have 6) it is `<digits>E-<scale>`, which any decimal parser reads exactly.
+_MACROS = """
+CREATE MACRO asset_scale(asset) AS coalesce(TRY_CAST(nullif(split_part(asset, '/', 2), '') AS INTEGER), 0);
+CREATE MACRO pointed(digits, scale) AS
+    substr(digits, 1, length(digits) - scale) || '.' || substr(digits, length(digits) - scale + 1);
+CREATE MACRO display_amount(signed, scale) AS
+    CASE WHEN scale = 0 THEN signed
+         WHEN scale > 76 THEN signed || 'E-' || scale
+         ELSE (CASE WHEN starts_with(signed, '-') THEN '-' ELSE '' END) || main.pointed(
+             lpad(ltrim(signed, '-'), greatest(length(ltrim(signed, '-')), scale + 1)::INTEGER, '0'), scale) END;
+"""
+
 # The batch, unpacked once, into tables of the batch's own schema; `log` is the reader's Arrow table.
 _PREPARE = f"""
 CREATE TABLE parsed AS
@@ -80,7 +97,9 @@ CREATE TABLE parsed AS
            CASE WHEN d.targetType = 'TRANSACTION' THEN d.targetId::BIGINT END AS target_transaction
     FROM (SELECT id AS log_id, type, date, json_transform(data, '{LOG_SHAPE}') AS d FROM log);
 CREATE TABLE tx_logs AS
-    SELECT log_id, date, d.transaction AS tx FROM parsed WHERE type IN {_TRANSACTION_LOGS};
+    SELECT log_id, date, d.transaction AS tx,
+           CASE WHEN type = 'REVERTED_TRANSACTION' THEN d.revertedTransaction.id END AS reverts
+    FROM parsed WHERE type IN {_TRANSACTION_LOGS};
 -- transactions the batch changes (reverts, metadata) without creating them: the warehouse must hold them
 CREATE TABLE earlier_transactions AS
     SELECT id, log_id FROM (
@@ -95,7 +114,7 @@ CREATE TABLE move_rows AS
         FROM tx_logs)
     SELECT log_id, date, transaction_id, posting_index::INTEGER AS posting_index, s.is_source,
            CASE WHEN s.is_source THEN p.source ELSE p.destination END AS account, p.asset AS asset,
-           p.amount AS amount, timestamp, inserted_at
+           p.amount AS amount, timestamp, inserted_at, timestamp::DATE AS day
     FROM postings CROSS JOIN (VALUES (true), (false)) s(is_source);
 CREATE TABLE post_volumes AS
     SELECT log_id, account, a.key AS asset, a.value.input AS input, a.value.output AS output
@@ -133,32 +152,56 @@ _TABLE_SQL: dict[str, str] = {
             FROM move_rows m LEFT JOIN post_volumes post USING (log_id, account, asset)
             WINDOW later AS (PARTITION BY m.log_id, m.account, m.asset ORDER BY posting_index, is_source DESC
                              ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING))
-        SELECT $ledger AS ledger, transaction_id, posting_index, is_source, account, asset, amount, timestamp,
+        SELECT $ledger AS ledger, transaction_id, posting_index, is_source, account, asset,
+               main.asset_scale(asset) AS asset_scale, amount, signed_amount,
+               main.display_amount(signed_amount, main.asset_scale(asset)) AS display_amount, timestamp,
                inserted_at, input::VARCHAR AS post_commit_input, output::VARCHAR AS post_commit_output,
                (input - output)::VARCHAR AS post_commit_balance, log_id
-        FROM volumes""",
+        FROM (SELECT *, CASE WHEN is_source AND amount <> '0' THEN '-' || amount ELSE amount END AS signed_amount
+              FROM volumes)""",
     BALANCES.name: """
-        SELECT $ledger AS ledger, account, asset, input, output,
-               (input::BIGNUM - output::BIGNUM)::VARCHAR AS balance, log_id
-        FROM post_volumes QUALIFY row_number() OVER (PARTITION BY account, asset ORDER BY log_id DESC) = 1""",
+        SELECT $ledger AS ledger, account, asset, main.asset_scale(asset) AS asset_scale, input, output, balance,
+               main.display_amount(balance, main.asset_scale(asset)) AS display_balance, log_id
+        FROM (SELECT *, (input::BIGNUM - output::BIGNUM)::VARCHAR AS balance FROM post_volumes
+              QUALIFY row_number() OVER (PARTITION BY account, asset ORDER BY log_id DESC) = 1)""",
+    # Per (account, asset, day): the warehouse's row, plus what the batch's moves with a newer log id add.
+    DAILY_VOLUMES.name: """
+        WITH changes AS (
+            SELECT account, asset, day, log_id,
+                   sum(CASE WHEN is_source THEN 0::BIGNUM ELSE amount::BIGNUM END) AS input,
+                   sum(CASE WHEN is_source THEN amount::BIGNUM ELSE 0::BIGNUM END) AS output
+            FROM move_rows GROUP BY account, asset, day, log_id),
+        touched AS (
+            SELECT k.account, k.asset, k.day, coalesce(b.input, '0')::BIGNUM AS input,
+                   coalesce(b.output, '0')::BIGNUM AS output, coalesce(b.log_id, 0) AS log_id
+            FROM (SELECT DISTINCT account, asset, day FROM changes) k
+            LEFT JOIN base_daily_volumes b USING (account, asset, day))
+        SELECT $ledger AS ledger, t.account, t.asset, t.day, main.asset_scale(t.asset) AS asset_scale,
+               (t.input + sum(c.input))::VARCHAR AS input, (t.output + sum(c.output))::VARCHAR AS output,
+               max(c.log_id) AS log_id
+        FROM touched t JOIN changes c ON c.account = t.account AND c.asset = t.asset AND c.day = t.day
+                                     AND c.log_id > t.log_id
+        GROUP BY t.account, t.asset, t.day, t.input, t.output""",
     # Changes to transactions: created (whole rows), reverted, metadata set or deleted (JSON merge patches).
     TRANSACTIONS.name: """
         WITH created AS (
             SELECT tx.id, tx.timestamp, tx.insertedAt AS inserted_at, tx.reference,
-                   coalesce(tx.metadata, '{}')::JSON AS metadata, tx.revertedAt AS reverted_at, log_id
+                   coalesce(tx.metadata, '{}')::JSON AS metadata, tx.revertedAt AS reverted_at,
+                   reverts AS reverts_transaction_id, NULL::BIGINT AS reverted_by_transaction_id, log_id
             FROM tx_logs),
         changes AS (
             SELECT d.revertedTransaction.id AS id, log_id, NULL::JSON AS patch,
-                   coalesce(d.revertedTransaction.revertedAt, date) AS reverted_at
+                   coalesce(d.revertedTransaction.revertedAt, date) AS reverted_at, d.transaction.id AS reverted_by
             FROM parsed WHERE type = 'REVERTED_TRANSACTION'
             UNION ALL
             SELECT target_transaction, log_id,
-                   CASE type WHEN 'SET_METADATA' THEN d.metadata ELSE json_object(d.key, NULL) END, NULL
+                   CASE type WHEN 'SET_METADATA' THEN d.metadata ELSE json_object(d.key, NULL) END, NULL, NULL
             FROM parsed WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND target_transaction IS NOT NULL),
         starts AS (
             SELECT *, true AS is_new FROM created
             UNION ALL
-            SELECT id, timestamp, inserted_at, reference, metadata::JSON, reverted_at, log_id, false
+            SELECT id, timestamp, inserted_at, reference, metadata::JSON, reverted_at, reverts_transaction_id,
+                   reverted_by_transaction_id, log_id, false
             FROM base_transactions WHERE id NOT IN (SELECT id FROM created))
         SELECT $ledger AS ledger, s.id, s.timestamp, s.inserted_at, s.reference,
                list_reduce(list_prepend(s.metadata, coalesce(list(c.patch ORDER BY c.log_id)
@@ -166,9 +209,13 @@ _TABLE_SQL: dict[str, str] = {
                            lambda m, p: json_merge_patch(m, p))::VARCHAR AS metadata,
                coalesce(arg_max(c.reverted_at, c.log_id) FILTER (c.reverted_at IS NOT NULL), s.reverted_at)
                    AS reverted_at,
+               s.reverts_transaction_id,
+               coalesce(arg_max(c.reverted_by, c.log_id) FILTER (c.reverted_by IS NOT NULL),
+                        s.reverted_by_transaction_id) AS reverted_by_transaction_id,
                greatest(s.log_id, max(c.log_id)) AS log_id
         FROM starts s LEFT JOIN changes c ON c.id = s.id AND c.log_id > s.log_id
-        GROUP BY s.id, s.timestamp, s.inserted_at, s.reference, s.metadata, s.reverted_at, s.log_id, s.is_new
+        GROUP BY s.id, s.timestamp, s.inserted_at, s.reference, s.metadata, s.reverted_at, s.reverts_transaction_id,
+                 s.reverted_by_transaction_id, s.log_id, s.is_new
         HAVING s.is_new OR count(c.log_id) > 0""",
     # Changes to accounts: used by a move (first use, last update), metadata set or deleted.
     ACCOUNTS.name: """
@@ -201,13 +248,19 @@ _BASE_SCHEMAS = {
     TRANSACTIONS.name: pa.schema([("id", pa.int64()), ("timestamp", ARROW_TYPES[Kind.TIMESTAMP]),
                                   ("inserted_at", ARROW_TYPES[Kind.TIMESTAMP]), ("reference", pa.string()),
                                   ("metadata", pa.string()), ("reverted_at", ARROW_TYPES[Kind.TIMESTAMP]),
-                                  ("log_id", pa.int64())]),
+                                  ("reverts_transaction_id", pa.int64()),
+                                  ("reverted_by_transaction_id", pa.int64()), ("log_id", pa.int64())]),
     ACCOUNTS.name: pa.schema([("address", pa.string()), ("metadata", pa.string()),
                               ("first_usage", ARROW_TYPES[Kind.TIMESTAMP]), ("log_id", pa.int64())]),
+    # money as its digits (BIGNUM in the SQL): DuckDB's DECIMAL stops at 38 digits
+    DAILY_VOLUMES.name: pa.schema([("account", pa.string()), ("asset", pa.string()), ("day", pa.date32()),
+                                   ("input", pa.string()), ("output", pa.string()), ("log_id", pa.int64())]),
 }
 _BASE_KEYS = {
     TRANSACTIONS.name: "SELECT DISTINCT id FROM earlier_transactions ORDER BY id",
     # every account the batch touches
+    # every account the batch moves, with the days it moves them (a superset of the rows needed)
+    DAILY_VOLUMES.name: "SELECT DISTINCT account FROM move_rows ORDER BY account",
     ACCOUNTS.name: """
         SELECT DISTINCT address FROM (
             SELECT account AS address FROM move_rows
@@ -215,6 +268,10 @@ _BASE_KEYS = {
             UNION ALL SELECT d.targetId FROM parsed
             WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND d.targetType = 'ACCOUNT') ORDER BY address""",
 }
+
+# Where a fold's key has more columns than the one fetched by: bounds on another, so the warehouse returns the
+# rows of the batch's accounts on the batch's days only (the fold then joins on the whole key).
+_BASE_WITHIN = {DAILY_VOLUMES.name: ("day", "SELECT min(day), max(day) FROM move_rows")}
 
 
 @dataclass(frozen=True)
@@ -235,6 +292,7 @@ class Transformer:
     def __init__(self) -> None:
         self._db = duckdb.connect(":memory:")
         self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute(_MACROS)
         self._batches = itertools.count()
 
     def close(self) -> None:
@@ -295,7 +353,12 @@ class Transformer:
         keys = self._db.sql(_BASE_KEYS[name]).to_arrow_table().column(0).to_pylist()
         if not keys:
             return schema.empty_table()
-        rows = fetch_current(BY_NAME[name], ledger, keys)
+        within = None
+        if name in _BASE_WITHIN:
+            column, bounds = _BASE_WITHIN[name]
+            [(low, high)] = self._db.sql(bounds).fetchall()
+            within = (column, low, high)
+        rows = fetch_current(BY_NAME[name], ledger, keys, within)
         return pa.Table.from_arrays([rows.column(f.name).cast(f.type) for f in schema], schema=schema)
 
     def _refuse_missing_transactions(self) -> None:

@@ -19,7 +19,16 @@ import psycopg
 from ledger_core.export import State
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.registry import Pipeline
-from ledger_pipelines.tables import ACCOUNTS, BALANCES, DATA_TABLES, LOGS, MOVES, POSTINGS, TRANSACTIONS
+from ledger_pipelines.tables import (
+    ACCOUNTS,
+    BALANCES,
+    DAILY_VOLUMES,
+    DATA_TABLES,
+    LOGS,
+    MOVES,
+    POSTINGS,
+    TRANSACTIONS,
+)
 
 MAX_DIFFS = 10
 
@@ -35,7 +44,8 @@ class CheckResult:
 
 def expected_counts(state: State) -> dict[str, int]:
     return {LOGS.name: state.cursor, TRANSACTIONS.name: state.transactions, POSTINGS.name: state.moves // 2,
-            MOVES.name: state.moves, ACCOUNTS.name: state.accounts, BALANCES.name: state.balances}
+            MOVES.name: state.moves, ACCOUNTS.name: state.accounts, BALANCES.name: state.balances,
+            DAILY_VOLUMES.name: state.days}
 
 
 def verify(conn: psycopg.Connection, loader: Loader, ledger: str, cursor: int, *, since: int = 0,

@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from functools import partial
@@ -45,8 +45,11 @@ from ledger_pipelines.tables import (
     ALL_TABLES,
     BALANCES,
     BY_NAME,
+    DAILY_VOLUMES,
     LOGS,
     MONEY_DIGITS,
+    MOVES,
+    REPLAY_BELOW,
     SCHEMA_VERSION,
     SYNC_STATE,
     Batch,
@@ -125,6 +128,10 @@ def from_warehouse(kind: Kind, value: Any) -> Any:
         return json.dumps(value, sort_keys=True, ensure_ascii=False)
     if kind is Kind.TIMESTAMP and isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)  # stored in UTC; some clients return it naive
+    if kind is Kind.DATE:
+        if isinstance(value, datetime):
+            return value.date()
+        return value if isinstance(value, date) else date.fromisoformat(str(value))
     if kind in (Kind.INT32, Kind.INT64) and not isinstance(value, int):
         return int(value)
     return value
@@ -297,18 +304,82 @@ class Loader(ABC):
                     if column not in have.get(table.name, set()):
                         self.execute(self.add_column_sql(table, column))  # additive: a new, nullable column
             self.after_setup()
+            for name, select in self.analyst_views().items():
+                for statement in self.create_view_sql(name, select):
+                    self.execute(statement)
 
     def after_setup(self) -> None:  # noqa: B027 - optional hook
-        """Views, or converting columns whose type a setting changed."""
+        """Views of a warehouse's own, or converting columns whose type a setting changed."""
+
+    upgraded_from: int | None = None  # set by `ensure_schema` when it emptied tables built by an older version
 
     def ensure_schema(self, pipeline_id: str) -> dict[str, Any] | None:
         """Set the warehouse up if its recorded schema version for the pipeline is missing or older; return
-        the pipeline's sync state (None for a warehouse never loaded or wiped)."""
+        the pipeline's sync state (None for a warehouse never loaded or wiped).
+
+        Tables built before `REPLAY_BELOW` are emptied (every pipeline's rows and sync state, not dropped:
+        analysts' own views on them stay) and the sync replays every log into the new shape."""
         state = self.read_sync_state(pipeline_id)
         if state is None or (state.get("schema_version") or 0) < SCHEMA_VERSION:
             self.setup()
-            state = self.read_sync_state(pipeline_id)
+            state = self.read_sync_state(pipeline_id)  # readable now, if a column was missing before
+            if state is not None and (state.get("schema_version") or 0) < REPLAY_BELOW:
+                with self.errors():
+                    for table in ALL_TABLES:
+                        self.execute(self.truncate_sql(table))
+                self.upgraded_from, state = state.get("schema_version") or 0, None
         return state
+
+    def truncate_sql(self, table: Table) -> str:
+        return f"TRUNCATE TABLE {self.qualified(table)}"
+
+    # -- the analysts' views -------------------------------------------------------------------------------
+
+    def create_view_sql(self, name: str, select: str) -> list[str]:
+        """Replace a view (dropped first: PostgreSQL and Redshift cannot replace one whose columns change)."""
+        return [f"DROP VIEW IF EXISTS {self.qualified(name)}", f"CREATE VIEW {self.qualified(name)} AS {select}"]
+
+    def money_value(self, column: str) -> str:
+        """A money column as a number to compute with (a hook for money kept as text)."""
+        return column
+
+    def summed_money(self, expression: str, window: str) -> str:
+        """A window `SUM` of a money expression, as a view's money column (a hook for money kept as text)."""
+        return f"SUM({expression}) {window}"
+
+    def analyst_views(self) -> dict[str, str]:
+        """Views answering effective-date questions, in SQL every warehouse runs (window sums):
+
+        - `moves_effective`: every move with the account's volumes after it in effective order (by `timestamp`,
+          then the order moves were recorded): `post_commit_effective_*`. A backdated transaction changes these
+          for every later move, so they are computed when read, never stored and restated.
+        - `daily_balances`: `daily_volumes` with each day's closing input, output and balance (running sums).
+        """
+        i = self.ident
+        pair = f"{i('ledger')}, {i('account')}, {i('asset')}"
+        effective = (f"OVER (PARTITION BY {pair} ORDER BY {i('timestamp')}, {i('transaction_id')}, "
+                     f"{i('posting_index')}, {i('is_source')} DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)")
+        by_day = f"OVER (PARTITION BY {pair} ORDER BY {i('day')} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+        source = i("is_source")
+        amount, signed, inflow, outflow = (self.money_value(i(c)) for c in ("amount", "signed_amount", "input",
+                                                                             "output"))
+        moves = ", ".join(i(c) for c in MOVES.column_names)
+        daily = ", ".join(i(c) for c in DAILY_VOLUMES.column_names if c != "log_id")
+        return {
+            "moves_effective": (
+                f"SELECT {moves}, "
+                f"{self.summed_money(f'CASE WHEN {source} THEN 0 ELSE {amount} END', effective)} "
+                f"AS {i('post_commit_effective_input')}, "
+                f"{self.summed_money(f'CASE WHEN {source} THEN {amount} ELSE 0 END', effective)} "
+                f"AS {i('post_commit_effective_output')}, "
+                f"{self.summed_money(signed, effective)} AS {i('post_commit_effective_balance')} "
+                f"FROM {self.relation(MOVES)}"),
+            "daily_balances": (
+                f"SELECT {daily}, {self.summed_money(inflow, by_day)} AS {i('closing_input')}, "
+                f"{self.summed_money(outflow, by_day)} AS {i('closing_output')}, "
+                f"{self.summed_money(f'{inflow} - {outflow}', by_day)} AS {i('closing_balance')} "
+                f"FROM {self.relation(DAILY_VOLUMES)}"),
+        }
 
     # -- the load loop ---------------------------------------------------------------------------------
 
@@ -404,20 +475,30 @@ class Loader(ABC):
             [(highest,)] = self.query(f"SELECT MAX({self.ident('id')}) FROM {self.relation(LOGS)}{where}", params)
         return int(highest or 0)
 
-    def rows_in(self, table: Table, ledger: str, column: str, values: Sequence[Any]) -> list[dict[str, Any]]:
-        """Rows of `table` for `ledger` whose `column` is one of `values`, in IN lists of bounded length."""
+    def rows_in(self, table: Table, ledger: str, column: str, values: Sequence[Any],
+                within: tuple[str, Any, Any] | None = None) -> list[dict[str, Any]]:
+        """Rows of `table` for `ledger` whose `column` is one of `values` (in IN lists of bounded length) and,
+        with `within` = (column, low, high), whose other column lies in low..high."""
         kind = next(c.kind for c in table.columns if c.name == column)
         where, params = self._ledger_is(ledger)
+        if within is not None:
+            bound, low, high = within
+            bound_kind = next(c.kind for c in table.columns if c.name == bound)
+            where += (f" AND {self.ident(bound)} BETWEEN {self.dialect.param('low', bound_kind)} "
+                      f"AND {self.dialect.param('high', bound_kind)}")
+            params = {**params, "low": low, "high": high}
         found: list[dict[str, Any]] = []
         for start in range(0, len(values), IN_LIST_CHUNK):
-            within, listed = self._in_list(column, kind, values[start:start + IN_LIST_CHUNK], "v")
-            found += self.select_rows(table, f"{where} AND {within}", {**params, **listed}, order=False)
+            listed_in, listed = self._in_list(column, kind, values[start:start + IN_LIST_CHUNK], "v")
+            found += self.select_rows(table, f"{where} AND {listed_in}", {**params, **listed}, order=False)
         return found
 
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any]) -> pa.Table:
-        """The current rows of `table` for `ledger` whose key (after `ledger`; one column) is in `keys`."""
-        [column] = [k for k in table.key if k != "ledger"]
-        return pa.Table.from_pylist(self.rows_in(table, ledger, column, keys), schema=table.arrow_schema)
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any],
+                      within: tuple[str, Any, Any] | None = None) -> pa.Table:
+        """The current rows of `table` for `ledger` whose first key column after `ledger` is in `keys` (and
+        whose `within` column lies in its bounds): every row a batch's fold may start from, maybe more."""
+        column = next(k for k in table.key if k != "ledger")
+        return pa.Table.from_pylist(self.rows_in(table, ledger, column, keys, within), schema=table.arrow_schema)
 
     # -- aggregates for the checks ---------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import json
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from ledger_pipelines.tables import Kind, Table
 DIALECT = Dialect(
     name="bigquery",
     types={Kind.STRING: "STRING", Kind.INT32: "INT64", Kind.INT64: "INT64", Kind.BOOL: "BOOL",
-           Kind.TIMESTAMP: "TIMESTAMP", Kind.JSON: "JSON", Kind.MONEY: "BIGNUMERIC(38, 0)"},
+           Kind.TIMESTAMP: "TIMESTAMP", Kind.DATE: "DATE", Kind.JSON: "JSON", Kind.MONEY: "BIGNUMERIC(38, 0)"},
     money_digits=38,
     max_identifier_length=300,
     quote="`",
@@ -57,7 +58,7 @@ DIALECT = Dialect(
 )
 TRANSIENT = (gexc.ServiceUnavailable, gexc.InternalServerError, gexc.TooManyRequests, gexc.GatewayTimeout,
              gexc.DeadlineExceeded, gexc.RetryError, requests.ConnectionError, requests.Timeout)
-PARAMETER_TYPES = {bool: "BOOL", int: "INT64", str: "STRING"}
+PARAMETER_TYPES = {bool: "BOOL", int: "INT64", str: "STRING", date: "DATE"}
 # The client retries an unreachable API for 10 minutes by default, and re-runs failed jobs for 40. The sync's
 # own retry, then the next tick, handle transient failures: each call gives up after 20 s (RetryError, transient)
 # and a failed job is reported, not re-run.

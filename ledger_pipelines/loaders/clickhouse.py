@@ -43,7 +43,7 @@ from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, Kind, Table
 DIALECT = Dialect(
     name="clickhouse",
     types={Kind.STRING: "String", Kind.INT32: "Int32", Kind.INT64: "Int64", Kind.BOOL: "Bool",
-           Kind.TIMESTAMP: "DateTime64(6, 'UTC')", Kind.JSON: "String", Kind.MONEY: "Int256"},
+           Kind.TIMESTAMP: "DateTime64(6, 'UTC')", Kind.DATE: "Date32", Kind.JSON: "String", Kind.MONEY: "Int256"},
     money_digits=MONEY_DIGITS,
     max_identifier_length=255,
     quote="`",

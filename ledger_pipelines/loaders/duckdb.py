@@ -32,7 +32,7 @@ from ledger_pipelines.tables import BY_NAME, MONEY_DIGITS, Kind, Table
 DIALECT = Dialect(
     name="duckdb",
     types={Kind.STRING: "VARCHAR", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
-           Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.JSON: "JSON", Kind.MONEY: "DECIMAL(38,0)"},
+           Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.DATE: "DATE", Kind.JSON: "JSON", Kind.MONEY: "DECIMAL(38,0)"},
     money_digits=38,
     placeholder="${name}",
     declare_primary_keys=False,
@@ -171,32 +171,48 @@ class DuckDBLoader(Loader):
         money = self.column_type(Kind.MONEY)
         found = self.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
                            "WHERE table_schema = $schema", {"schema": self.schema})
+        converted = False
         for name, column, data_type in found:
             table = BY_NAME.get(name)
             if table and column in table.money_columns and data_type != money:
                 self.execute(f"ALTER TABLE {self.qualified(table)} ALTER COLUMN {self.ident(column)} TYPE {money}")
+                converted = True
+        if converted:  # the views sum money as its type now is
+            for view, select in self.analyst_views().items():
+                for statement in self.create_view_sql(view, select):
+                    self.execute(statement)
 
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits), or
         turn them into their exact digits when money is stored as text."""
         return cast_money(table, data, pa.string() if self.money_as_text else ARROW_MONEY)
 
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any]) -> pa.Table:
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any],
+                      within: tuple[str, Any, Any] | None = None) -> pa.Table:
         """One join against the wanted keys, scanned from Arrow: faster than IN lists for large batches.
-        (Money comes as DuckDB holds it: decimal128, or text; the transforms read only the other columns.)"""
-        key_columns = [k for k in table.key if k != "ledger"]
-        wanted = pa.table({key_columns[0]: keys})
-        join = " AND ".join(f"t.{self.ident(k)} = w.{self.ident(k)}" for k in key_columns)
+        (Money comes as DuckDB holds it, decimal128 or text: the transforms read it as its digits.)"""
+        column = self.ident(next(k for k in table.key if k != "ledger"))
+        where, params = "t.ledger = ?", [ledger]
+        if within is not None:
+            where += f" AND t.{self.ident(within[0])} BETWEEN ? AND ?"
+            params += [within[1], within[2]]
         with translate_errors():
-            self.con.register("wanted_keys", wanted)
+            self.con.register("wanted_keys", pa.table({"key": keys}))
             try:
-                result = self.con.sql(
-                    f"SELECT t.* FROM {self.qualified(table)} t JOIN wanted_keys w ON {join} WHERE t.ledger = ?",
-                    params=[ledger],
-                ).to_arrow_table()
+                result = self.con.sql(f"SELECT t.* FROM {self.qualified(table)} t JOIN wanted_keys w "
+                                      f"ON t.{column} = w.key WHERE {where}", params=params).to_arrow_table()
             finally:
                 self.con.unregister("wanted_keys")
         return result
+
+    # Text money may be wider than DuckDB's DECIMAL: the views compute with it as BIGNUM, and show its digits.
+    def money_value(self, column: str) -> str:
+        return f"CAST({column} AS BIGNUM)" if self.money_as_text else column
+
+    def summed_money(self, expression: str, window: str) -> str:
+        if self.money_as_text:
+            return f"CAST(SUM({expression}) {window} AS VARCHAR)"
+        return super().summed_money(expression, window)
 
     def asset_sums(self, ledger: str) -> dict[str, int]:
         if not self.money_as_text:

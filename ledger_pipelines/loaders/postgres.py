@@ -29,7 +29,7 @@ from ledger_pipelines.tables import Kind, Table
 DIALECT = Dialect(
     name="postgres",
     types={Kind.STRING: "TEXT", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
-           Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.JSON: "JSONB", Kind.MONEY: "NUMERIC(76,0)"},
+           Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.DATE: "DATE", Kind.JSON: "JSONB", Kind.MONEY: "NUMERIC(76,0)"},
     money_digits=76,
     select_casts={Kind.JSON: "{}::text", Kind.MONEY: "{}::text"},
 )
@@ -157,19 +157,22 @@ class PostgresLoader(Loader):
         log_id = self.ident("log_id")
         return [f"{insert} DO UPDATE SET {updates} WHERE excluded.{log_id} >= {target}.{log_id}"]
 
-    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any]) -> pa.Table:
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any],
+                      within: tuple[str, Any, Any] | None = None) -> pa.Table:
         """One join against the wanted keys, copied into a temporary table."""
-        key_columns = [k for k in table.key if k != "ledger"]
-        wanted = pa.table({key_columns[0]: keys})
-        join = " AND ".join(f"t.{self.ident(k)} = w.{self.ident(k)}" for k in key_columns)
+        column = next(k for k in table.key if k != "ledger")
         columns = ", ".join(f"{self.dialect.selected(c.kind, f't.{self.ident(c.name)}')}" for c in table.columns)
+        where, params = "t.ledger = %(ledger)s", {"ledger": ledger}
+        if within is not None:
+            where += f" AND t.{self.ident(within[0])} BETWEEN %(low)s AND %(high)s"
+            params |= {"low": within[1], "high": within[2]}
         with translate_errors(self.driver), self.conn.transaction():
-            self.conn.execute(f"CREATE TEMP TABLE wanted_keys ON COMMIT DROP AS SELECT "
-                              f"{', '.join(self.ident(k) for k in key_columns)} FROM {self.qualified(table)} "
-                              "WITH NO DATA")
-            copy_csv(self.conn, "wanted_keys", wanted, self.ident)
-            rows = self.conn.execute(f"SELECT {columns} FROM {self.qualified(table)} t JOIN wanted_keys w ON {join} "
-                                     "WHERE t.ledger = %(ledger)s", {"ledger": ledger}).fetchall()
+            self.conn.execute(f"CREATE TEMP TABLE wanted_keys ON COMMIT DROP AS SELECT {self.ident(column)} "
+                              f"FROM {self.qualified(table)} WITH NO DATA")
+            copy_csv(self.conn, "wanted_keys", pa.table({column: keys}), self.ident)
+            rows = self.conn.execute(f"SELECT {columns} FROM {self.qualified(table)} t JOIN wanted_keys w "
+                                     f"ON t.{self.ident(column)} = w.{self.ident(column)} WHERE {where}",
+                                     params).fetchall()
         return pa.Table.from_pylist(
             [{c.name: from_warehouse(c.kind, v) for c, v in zip(table.columns, row, strict=True)} for row in rows],
             schema=table.arrow_schema)

@@ -33,7 +33,7 @@ from ledger_pipelines.tables import Kind, Table
 DIALECT = Dialect(
     name="redshift",
     types={Kind.STRING: "VARCHAR(65535)", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
-           Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.JSON: "SUPER", Kind.MONEY: "DECIMAL(38,0)"},
+           Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.DATE: "DATE", Kind.JSON: "SUPER", Kind.MONEY: "DECIMAL(38,0)"},
     money_digits=38,
     max_identifier_length=127,
     staging_types={Kind.JSON: "VARCHAR(65535)"},
@@ -131,5 +131,5 @@ class RedshiftLoader(PostgresLoader):
         finally:
             s3.delete_object(Bucket=self.config["s3_bucket"], Key=key)
 
-    def fetch_current(self, table: Table, ledger: str, keys: Any) -> pa.Table:
-        return Loader.fetch_current(self, table, ledger, keys)
+    def fetch_current(self, table: Table, ledger: str, keys: Any, within: Any = None) -> pa.Table:
+        return Loader.fetch_current(self, table, ledger, keys, within)

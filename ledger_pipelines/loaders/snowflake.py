@@ -38,7 +38,7 @@ from ledger_pipelines.tables import Kind, Table
 DIALECT = Dialect(
     name="snowflake",
     types={Kind.STRING: "VARCHAR", Kind.INT32: "NUMBER(10,0)", Kind.INT64: "NUMBER(19,0)", Kind.BOOL: "BOOLEAN",
-           Kind.TIMESTAMP: "TIMESTAMP_TZ", Kind.JSON: "VARIANT", Kind.MONEY: "NUMBER(38,0)"},
+           Kind.TIMESTAMP: "TIMESTAMP_TZ", Kind.DATE: "DATE", Kind.JSON: "VARIANT", Kind.MONEY: "NUMBER(38,0)"},
     money_digits=38,
     max_identifier_length=255,
     fold=Fold.UPPER,

@@ -69,7 +69,8 @@ def test_first_full_sync_then_incremental(conn, ledger, pipeline, warehouse):
 def test_reverts_and_metadata_are_reflected(conn, ledger, pipeline, warehouse):
     activity(conn, ledger, 0, 10)
     sync(conn, pipeline, warehouse)
-    write(conn, ledger, [RevertTransaction(3), SetMetadata.build("TRANSACTION", 2, {"status": "refunded"}),
+    write(conn, ledger, [RevertTransaction(3), RevertTransaction(4, at_effective_date=True),
+                         SetMetadata.build("TRANSACTION", 2, {"status": "refunded"}),
                          DeleteMetadata.build("TRANSACTION", 2, "n"),
                          SetMetadata.build("ACCOUNT", "users:1", {"tier": "gold"}),
                          DeleteMetadata.build("ACCOUNT", "users:1", "seen"),
@@ -81,6 +82,10 @@ def test_reverts_and_metadata_are_reflected(conn, ledger, pipeline, warehouse):
         # JSON as the warehouse writes it back (spacing differs between warehouses): compared as values.
         assert tx[3]["reverted_at"] is not None and json.loads(tx[2]["metadata"]) == {"status": "refunded"}
         assert json.loads(tx[11]["metadata"]) == {"com.formance.spec/state/reverts": "3"}
+        assert (tx[11]["reverts_transaction_id"], tx[3]["reverted_by_transaction_id"]) == (3, 11)
+        # Reverted at its effective date: the reversal lands on the original's day, not today's.
+        assert tx[12]["reverts_transaction_id"] == 4 and tx[12]["timestamp"] == tx[4]["timestamp"]
+        assert tx[11]["timestamp"] == tx[11]["inserted_at"]
 
 
 @pytest.mark.parametrize("to_log_id", [0, 7])
@@ -362,8 +367,8 @@ def test_resets_only_move_the_cursor_back(conn, ledger, pipeline, warehouse):
         assert loader.read_table(LOGS, ledger).column("id").to_pylist() == [1, 2, 3]
 
 
-def test_setup_runs_only_for_a_new_or_older_schema_and_adds_columns_in_place(conn, ledger, pipeline, warehouse,
-                                                                            monkeypatch):
+def test_setup_runs_only_for_a_new_or_older_schema_and_an_old_warehouse_is_replayed(conn, ledger, pipeline,
+                                                                                   warehouse, monkeypatch):
     from ledger_pipelines.loaders import DRIVERS
 
     loader_class = DRIVERS.get(warehouse.driver)
@@ -376,15 +381,21 @@ def test_setup_runs_only_for_a_new_or_older_schema_and_adds_columns_in_place(con
     activity(conn, ledger, 4, 2)
     sync(conn, pipeline, warehouse)
     assert len(setups) == 1  # not again while its schema version is current
-    with warehouse.loader() as loader, loader.errors():  # a warehouse built before sync_state had the column
+    # A warehouse built before version 3: no schema version recorded, moves without their display amounts.
+    with warehouse.loader() as loader, loader.errors():
         loader.execute(f"ALTER TABLE {loader.qualified(SYNC_STATE)} DROP COLUMN {loader.ident('schema_version')}")
+        loader.execute(f"DROP VIEW {loader.qualified('moves_effective')}")
+        loader.execute(f"ALTER TABLE {loader.qualified(MOVES)} DROP COLUMN {loader.ident('display_amount')}")
     activity(conn, ledger, 6, 2)
     report = sync(conn, pipeline, warehouse)
-    assert len(setups) == 2 and report.note is None  # set up again, in place: no replay from the start
-    assert report.from_log_id == report.to_log_id - 1  # only the two new logs
+    # Set up again (the column added in place), emptied, and every log replayed into the new shape.
+    assert len(setups) == 2 and report.from_log_id == 1 and report.to_log_id == 8
+    assert report.note == f"the warehouse's tables were built by schema version 0; emptied and replayed from log 1 " \
+                          f"into version {SCHEMA_VERSION}"
     with warehouse.loader() as loader:
         assert loader.read_sync_state(pipeline.id)["schema_version"] == SCHEMA_VERSION
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
+        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == list(range(1, 9))
 
 
 def test_a_pipeline_created_again_over_a_loaded_warehouse_duplicates_nothing(conn, ledger, pipeline, warehouse):

@@ -37,7 +37,7 @@ def test_definitions_load_with_and_without_a_database_url(monkeypatch, dagster_d
     dg.Definitions.validate_loadable(defs)
     keys = defs.resolve_asset_graph().get_all_asset_keys()
     assert {dg.AssetKey(["warehouse", t]) for t in ("logs", "transactions", "postings", "moves", "accounts",
-                                                    "balances")} <= keys
+                                                    "balances", "daily_volumes")} <= keys
     assert defs.resolve_job_def("sync_pipeline").partitions_def == PIPELINES
     assert {s.name for s in defs.schedules} == {"hourly_sync", "daily_sync"}
     monkeypatch.delenv("LEDGER_DATABASE_URL")
@@ -247,7 +247,7 @@ def test_syncs_run_outside_dagster_show_in_dagster(instance, resources, dconn, m
     second = sensor_tick(instance, resources, first.cursor)
     materialized = [e for e in second.asset_events if isinstance(e, dg.AssetMaterialization)]
     assert {e.asset_key.path[-1] for e in materialized} == {"logs", "transactions", "postings", "moves", "accounts",
-                                                            "balances"}
+                                                            "balances", "daily_volumes"}
     assert {(e.partition, e.metadata["trigger"].value, e.metadata["to_log_id"].value) for e in materialized} == \
         {(pipeline.name, "follow", 2)}
     failure = next(e for e in second.asset_events if isinstance(e, dg.AssetObservation)
@@ -318,7 +318,8 @@ def test_any_selection_of_warehouse_tables_materializes(instance, resources, dco
                             partition_key=pipeline.name, instance=instance, resources=resources)
     assert result.success
     materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
-    assert materialized == {"logs", "transactions", "postings", "moves", "accounts", "balances"}  # all were synced
+    assert materialized == {"logs", "transactions", "postings", "moves", "accounts", "balances",
+                            "daily_volumes"}  # all were synced
     assert instance.get_materialized_partitions(dg.AssetKey(["warehouse", "moves"])) == {pipeline.name}
 
 

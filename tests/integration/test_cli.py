@@ -54,6 +54,28 @@ def test_cli_round_trip(database_url, ledger):
     assert verify.returncode == 0 and json.loads(verify.stdout)["valid"] is True
 
 
+def test_a_revert_at_the_effective_date_takes_the_originals_time_and_its_key_says_so(database_url, ledger):
+    body = json.dumps({"postings": [{"source": "world", "destination": "users:1", "amount": 70, "asset": "USD/2"}],
+                       "timestamp": "2025-03-14T09:30:00Z"})
+    assert run(database_url, "tx", "create", ledger, "--json", body).returncode == 0
+    reverted = run(database_url, "tx", "revert", ledger, "1", "--at-effective-date", "--idempotency-key", "r1")
+    assert reverted.returncode == 0, reverted.stderr
+    reversal = json.loads(reverted.stdout)
+    assert reversal["timestamp"] == "2025-03-14T09:30:00Z" and reversal["insertedAt"] != reversal["timestamp"]
+    march = json.loads(run(database_url, "balances", ledger, "--address", "users:1",
+                           "--effective-at", "2025-03-31T00:00:00Z").stdout)
+    assert march["data"][0]["balance"] == 0  # refunded in March, not on the day the refund was made
+    # The same key without the option is another request: refused, nothing written.
+    again = run(database_url, "tx", "revert", ledger, "1", "--idempotency-key", "r1")
+    assert again.returncode == 1 and again.stderr.startswith("error: CONFLICT")
+    replayed = json.loads(run(database_url, "tx", "revert", ledger, "1", "--at-effective-date", "--idempotency-key",
+                              "r1").stdout)
+    assert (replayed["id"], replayed["timestamp"]) == (reversal["id"], reversal["timestamp"])
+    bulk = json.dumps({"action": "REVERT_TRANSACTION", "data": {"id": 2, "atEffectiveDate": "yes"}})
+    refused = run(database_url, "tx", "bulk", ledger, "--file", "-", stdin=bulk + "\n")
+    assert refused.returncode == 1 and "atEffectiveDate" in refused.stderr and "true or false" in refused.stderr
+
+
 def test_cli_bulk_from_ndjson(database_url, ledger, tmp_path):
     lines = [json.dumps({"postings": [{"source": "world", "destination": f"u:{i}", "amount": i + 1,
                                        "asset": "EUR/2"}]}) for i in range(50)]

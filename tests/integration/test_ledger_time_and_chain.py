@@ -40,11 +40,11 @@ def test_backdated_transaction_and_both_point_in_time_balances(conn, ledger):
     recorded = reads.balances(conn, ledger, inserted_at=recorded_before_backdate)
     assert _balance(recorded, "a") == 70 and _balance(recorded, "b") == 30
     assert _balance(reads.balances(conn, ledger), "a") == 77
-    # Effective volumes of the later move were rebuilt: input 107, output 30.
-    row = conn.execute(
-        """SELECT post_commit_effective_input::text, post_commit_effective_output::text FROM ledger_core.moves
-           WHERE ledger = %s AND account = 'a' AND transaction_id = 2""", (ledger,)).fetchone()
-    assert row == ("107", "30")
+    # The backdated write added to its own day's row and changed no other.
+    days = conn.execute(
+        """SELECT day::text, input::text, output::text FROM ledger_core.daily_volumes
+           WHERE ledger = %s AND account = 'a' ORDER BY day""", (ledger,)).fetchall()
+    assert days == [("2024-03-01", "100", "0"), ("2024-03-05", "7", "0"), ("2024-03-10", "0", "30")]
     # Volumes over a window by effective time include the backdated transaction, by insertion they do not.
     window = dict(start=timestamp("2024-03-01T00:00:00Z"), end=timestamp("2024-03-06T00:00:00Z"))
     by_effective = reads.volumes_between(conn, ledger, **window, address="a")
@@ -61,6 +61,20 @@ def test_backdated_moves_in_one_bulk_keep_effective_order(conn, ledger):
     expected = {"2024-01-01": 4, "2024-01-05": 6, "2024-01-07": 14, "2024-01-10": 15}
     for day, balance in expected.items():
         assert _balance(reads.balances(conn, ledger, effective_at=timestamp(f"{day}T00:00:00Z")), "a") == balance
+
+
+def test_balances_within_a_day_and_across_midnight_in_other_time_zones(conn, ledger):
+    write(conn, ledger, [
+        new_tx(posting("world", "a", 1), timestamp="2024-01-10T23:30:00Z"),
+        new_tx(posting("world", "a", 2), timestamp="2024-01-10T08:00:00Z"),
+        new_tx(posting("a", "b", 3), timestamp="2024-01-11T00:00:00.000001Z"),
+        new_tx(posting("world", "a", 4), timestamp="2024-01-10T08:00:00Z"),  # same instant as the second
+    ])
+    expected = {"2024-01-10T07:59:59.999999Z": 0, "2024-01-10T08:00:00Z": 6, "2024-01-10T23:30:00Z": 7,
+                "2024-01-11T00:00:00Z": 7, "2024-01-11T01:00:00+02:00": 6, "2024-01-11T00:00:00.000001Z": 4,
+                "2024-01-10T18:00:00-08:00": 4}
+    for at, balance in expected.items():
+        assert _balance(reads.balances(conn, ledger, effective_at=timestamp(at)), "a") == balance, at
 
 
 def test_hand_edited_log_is_detected(conn, ledger):

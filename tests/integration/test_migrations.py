@@ -28,6 +28,42 @@ def test_migrations_apply_once_and_upgrade(pg_admin_url):
         assert [v for (v,) in versions] == list(range(1, len(steps) + 1))
 
 
+def test_migration_4_builds_daily_volumes_from_the_moves_written_before_it(pg_admin_url):
+    """A database written by the per-move writer (effective volumes on each move): the upgrade sums its moves per
+    (account, asset, UTC day), drops the per-move columns, and balances as of any time stay what they were."""
+    from ledger_core import reads
+    from ledger_core.validation import timestamp
+
+    ensure_database(pg_admin_url, "ledger_migration_4")
+    url = pg_admin_url.rsplit("/", 1)[0] + "/ledger_migration_4"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS ledger_core CASCADE")
+        assert migrate(conn, "core", CORE_MIGRATIONS[:3], "ledger_core") == 3
+        conn.execute("INSERT INTO ledger_core.ledgers (name) VALUES ('old')")
+        # world -> a 100 on 1 March, a -> b 30 on 10 March, then world -> a 7 backdated to 5 March (23:30 UTC).
+        moves = [(1, "world", True, 100, "2024-03-01T10:00:00Z"), (1, "a", False, 100, "2024-03-01T10:00:00Z"),
+                 (2, "a", True, 30, "2024-03-10T00:00:00Z"), (2, "b", False, 30, "2024-03-10T00:00:00Z"),
+                 (3, "world", True, 7, "2024-03-05T23:30:00Z"), (3, "a", False, 7, "2024-03-05T23:30:00Z")]
+        for tx, account, is_source, amount, at in moves:
+            conn.execute("""INSERT INTO ledger_core.moves (ledger, transaction_id, posting_index, account, asset,
+                                amount, is_source, effective_date, insertion_date, post_commit_input,
+                                post_commit_output) VALUES ('old', %s, 0, %s, 'USD/2', %s, %s, %s, now(), 0, 0)""",
+                         (tx, account, amount, is_source, at))
+        assert migrate_core(conn) == len(CORE_MIGRATIONS) - 3
+        days = conn.execute("""SELECT account, day::text, input::text, output::text FROM ledger_core.daily_volumes
+                               ORDER BY account, day""").fetchall()
+        assert days == [("a", "2024-03-01", "100", "0"), ("a", "2024-03-05", "7", "0"), ("a", "2024-03-10", "0", "30"),
+                        ("b", "2024-03-10", "30", "0"), ("world", "2024-03-01", "0", "100"),
+                        ("world", "2024-03-05", "0", "7")]
+        columns = {c for (c,) in conn.execute("""SELECT column_name FROM information_schema.columns
+                                                  WHERE table_schema = 'ledger_core' AND table_name = 'moves'""")}
+        assert "post_commit_effective_input" not in columns
+        expected = {"2024-03-05T23:00:00Z": 100, "2024-03-05T23:30:00Z": 107, "2024-03-11T00:00:00Z": 77}
+        for at, balance in expected.items():
+            [a] = [b for b in reads.balances(conn, "old", effective_at=timestamp(at)) if b.address == "a"]
+            assert a.volumes.balance == balance, at
+
+
 def test_a_chain_of_version_1_logs_continues_in_version_2(conn, ledger, tmp_path):
     """A database from before migration 3: its logs keep their version-1 hashes, new logs are version 2, and
     both verifications, the deep check and a sync accept the mixed chain; a version-1 log cannot come back."""

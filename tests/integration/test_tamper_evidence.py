@@ -43,7 +43,8 @@ def test_an_untouched_ledger_verifies_deeply(conn, ledger):
     _activity(conn, ledger)
     report = verify_deep(conn, ledger)
     assert report.chain.logs == 6 and _both_verifications_name(conn, ledger) is None
-    assert report.rows == {"transactions": 4, "moves": 10, "volumes": 6, "accounts": 5, "ledgers": 1}
+    assert report.rows == {"transactions": 4, "moves": 10, "daily_volumes": 6, "volumes": 6, "accounts": 5,
+                           "ledgers": 1}
 
 
 def test_edited_post_commit_volumes_break_the_chain(conn, ledger):
@@ -60,8 +61,10 @@ def test_edited_post_commit_volumes_break_the_chain(conn, ledger):
     ("UPDATE ledger_core.transactions SET metadata = '{}' WHERE ledger = %s AND id = 1", "transactions", "metadata"),
     ("UPDATE ledger_core.volumes SET input = input + 1 WHERE ledger = %s AND account = 'users:2' AND asset = 'EUR/2'",
      "volumes", "input"),
-    ("UPDATE ledger_core.moves SET post_commit_effective_input = 1 WHERE ledger = %s AND transaction_id = 2 "
-     "AND NOT is_source", "moves", "post_commit_effective_input"),
+    ("UPDATE ledger_core.moves SET post_commit_output = 1 WHERE ledger = %s AND transaction_id = 2 "
+     "AND NOT is_source", "moves", "post_commit_output"),
+    ("UPDATE ledger_core.daily_volumes SET output = output + 1 WHERE ledger = %s AND account = 'users:1'",
+     "daily_volumes", "output"),
     ("UPDATE ledger_core.accounts SET metadata = '{\"tier\": \"platinum\"}' WHERE ledger = %s AND address = 'users:1'",
      "accounts", "metadata"),
     ("DELETE FROM ledger_core.moves WHERE ledger = %s AND transaction_id = 4 AND is_source", "moves", None),

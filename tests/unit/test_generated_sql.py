@@ -14,7 +14,7 @@ from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.loaders.bigquery import BigQueryLoader, script
 from ledger_pipelines.loaders.redshift import RedshiftLoader, copy_from_s3_sql
 from ledger_pipelines.loaders.snowflake import SnowflakeLoader, copy_into_sql, put_sql
-from ledger_pipelines.tables import ACCOUNTS, BALANCES, LOGS
+from ledger_pipelines.tables import ACCOUNTS, BALANCES, DAILY_VOLUMES, LOGS
 
 REDSHIFT = {"host": "cluster.example", "database": "dev", "user": "loader", "password": {"env": "RS_PASSWORD"},
             "s3_bucket": "ledger-stage", "iam_role": "arn:aws:iam::123456789012:role/ledger-copy",
@@ -78,7 +78,7 @@ def test_snowflake_names_fold_to_upper_case_and_json_goes_through_parse_json():
     assert loader.qualified(BALANCES) == '"LEDGER"."BALANCES"'
     assert loader.create_table_sql(BALANCES).startswith(
         'CREATE TABLE IF NOT EXISTS "LEDGER"."BALANCES" ("LEDGER" VARCHAR NOT NULL, "ACCOUNT" VARCHAR NOT NULL, '
-        '"ASSET" VARCHAR NOT NULL, "INPUT" NUMBER(38,0) NOT NULL')
+        '"ASSET" VARCHAR NOT NULL, "ASSET_SCALE" NUMBER(10,0) NOT NULL, "INPUT" NUMBER(38,0) NOT NULL')
     insert = loader.insert_absent_sql(ACCOUNTS, '"STAGED_ACCOUNTS"')
     assert 'PARSE_JSON(s."METADATA")' in insert and insert.startswith('INSERT INTO "LEDGER"."ACCOUNTS" ("LEDGER"')
     assert loader.create_staging_sql(ACCOUNTS, '"STAGED_ACCOUNTS"').startswith(
@@ -97,11 +97,13 @@ def test_bigquery_stages_money_as_digits_and_merges_in_one_transaction():
                                           "OPTIONS (location = 'EU')")
     assert loader.create_table_sql(BALANCES) == (
         "CREATE TABLE IF NOT EXISTS `acme-analytics`.`ledger`.`balances` (`ledger` STRING NOT NULL, `account` STRING "
-        "NOT NULL, `asset` STRING NOT NULL, `input` BIGNUMERIC(38, 0) NOT NULL, `output` BIGNUMERIC(38, 0) NOT NULL, "
-        "`balance` BIGNUMERIC(38, 0) NOT NULL, `log_id` INT64 NOT NULL) CLUSTER BY `ledger`, `account`, `asset`")
+        "NOT NULL, `asset` STRING NOT NULL, `asset_scale` INT64 NOT NULL, `input` BIGNUMERIC(38, 0) NOT NULL, "
+        "`output` BIGNUMERIC(38, 0) NOT NULL, `balance` BIGNUMERIC(38, 0) NOT NULL, `display_balance` STRING NOT NULL, "
+        "`log_id` INT64 NOT NULL) CLUSTER BY `ledger`, `account`, `asset`")
     fields = {f.name: f.field_type for f in loader.load_job_config(BALANCES).schema}
-    assert fields == {"ledger": "STRING", "account": "STRING", "asset": "STRING", "input": "STRING",
-                      "output": "STRING", "balance": "STRING", "log_id": "INT64"}
+    assert fields == {"ledger": "STRING", "account": "STRING", "asset": "STRING", "asset_scale": "INT64",
+                      "input": "STRING", "output": "STRING", "balance": "STRING", "display_balance": "STRING",
+                      "log_id": "INT64"}
     delete, insert = loader.merge_statements(BALANCES, "`s`")
     assert delete == ("DELETE FROM `acme-analytics`.`ledger`.`balances` AS t WHERE EXISTS (SELECT 1 FROM `s` s WHERE "
                       "t.`ledger` = s.`ledger` AND t.`account` = s.`account` AND t.`asset` = s.`asset` AND "
@@ -116,3 +118,59 @@ def test_every_driver_is_listed_and_loads():
     assert sorted(DRIVERS.modules) == ["bigquery", "clickhouse", "duckdb", "postgres", "redshift", "snowflake"]
     for driver in DRIVERS.modules:
         assert DRIVERS.get(driver).driver == driver
+
+
+def test_the_analyst_views_are_window_sums_every_warehouse_runs():
+    bigquery = offline(BigQueryLoader, {"project": "p", "dataset": "ledger"})
+    window = "OVER (PARTITION BY `ledger`, `account`, `asset` ORDER BY `day` ROWS BETWEEN UNBOUNDED PRECEDING AND " \
+             "CURRENT ROW)"
+    assert bigquery.analyst_views()["daily_balances"] == (
+        "SELECT `ledger`, `account`, `asset`, `day`, `asset_scale`, `input`, `output`, "
+        f"SUM(`input`) {window} AS `closing_input`, SUM(`output`) {window} AS `closing_output`, "
+        f"SUM(`input` - `output`) {window} AS `closing_balance` FROM `p`.`ledger`.`daily_volumes`")
+    effective = bigquery.analyst_views()["moves_effective"]
+    assert effective.endswith(
+        "SUM(`signed_amount`) OVER (PARTITION BY `ledger`, `account`, `asset` ORDER BY `timestamp`, `transaction_id`, "
+        "`posting_index`, `is_source` DESC ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS "
+        "`post_commit_effective_balance` FROM `p`.`ledger`.`moves`")
+    assert bigquery.create_view_sql("daily_balances", "SELECT 1") == [
+        "DROP VIEW IF EXISTS `p`.`ledger`.`daily_balances`", "CREATE VIEW `p`.`ledger`.`daily_balances` AS SELECT 1"]
+    assert bigquery.create_table_sql(DAILY_VOLUMES) == (
+        "CREATE TABLE IF NOT EXISTS `p`.`ledger`.`daily_volumes` (`ledger` STRING NOT NULL, `account` STRING NOT NULL, "
+        "`asset` STRING NOT NULL, `day` DATE NOT NULL, `asset_scale` INT64 NOT NULL, "
+        "`input` BIGNUMERIC(38, 0) NOT NULL, `output` BIGNUMERIC(38, 0) NOT NULL, `log_id` INT64 NOT NULL) "
+        "CLUSTER BY `ledger`, `account`, `asset`, `day`")
+    snowflake = offline(SnowflakeLoader, {"account": "xy12345.eu-west-1", "user": "loader", "database": "analytics",
+                                          "password": {"env": "SF_PASSWORD"}})
+    assert snowflake.analyst_views()["daily_balances"].endswith(
+        'SUM("INPUT" - "OUTPUT") OVER (PARTITION BY "LEDGER", "ACCOUNT", "ASSET" ORDER BY "DAY" ROWS BETWEEN UNBOUNDED '
+        'PRECEDING AND CURRENT ROW) AS "CLOSING_BALANCE" FROM "LEDGER"."DAILY_VOLUMES"')
+    redshift = offline(RedshiftLoader, REDSHIFT)
+    assert redshift.analyst_views()["moves_effective"].startswith('SELECT "ledger", "transaction_id"')
+    assert redshift.truncate_sql(DAILY_VOLUMES) == 'TRUNCATE TABLE "ledger"."daily_volumes"'
+
+
+@pytest.mark.parametrize(("signed", "scale", "shown"), [
+    ("12345", 2, "123.45"), ("-5", 2, "-0.05"), ("0", 2, "0.00"), ("-100", 2, "-1.00"), ("7", 0, "7"),
+    ("-7", 0, "-7"), ("1", 18, "0.000000000000000001"), ("-120", 1, "-12.0"),
+    ("-" + "9" * 76, 76, "-0." + "9" * 76), ("9" * 76, 3, "9" * 73 + ".999"), ("3", 77, "3E-77"),
+])
+def test_display_amounts_are_exact_text_at_the_asset_scale(signed, scale, shown):
+    from decimal import Decimal, localcontext
+
+    from ledger_pipelines.transforms import Transformer
+
+    with Transformer() as transformer:
+        [(got,)] = transformer._db.execute("SELECT main.display_amount(?, ?)", [signed, scale]).fetchall()
+    assert got == shown
+    with localcontext(prec=200):
+        assert Decimal(got) == Decimal(signed).scaleb(-scale)  # exactly the amount, at the scale
+
+
+@pytest.mark.parametrize(("asset", "scale"), [("USD/2", 2), ("JPY", 0), ("ETH/18", 18), ("EUR_CENTS/0", 0),
+                                              ("X/999999", 999999)])
+def test_the_asset_scale_is_the_assets_precision(asset, scale):
+    from ledger_pipelines.transforms import Transformer
+
+    with Transformer() as transformer:
+        assert transformer._db.execute("SELECT main.asset_scale(?)", [asset]).fetchall() == [(scale,)]
