@@ -10,6 +10,7 @@ class LedgerError(Exception):
     """Root of every error the ledger core raises on purpose."""
 
     error_code = "INTERNAL"
+    command_index: int | None = None  # set by the writer: which command of a write was refused (0-based)
 
 
 class ValidationError(LedgerError):

@@ -33,6 +33,7 @@ from ledger_core.errors import (
     AlreadyReverted,
     IdempotencyConflict,
     InsufficientFunds,
+    LedgerError,
     LedgerNotFound,
     ReferenceConflict,
     TransactionNotFound,
@@ -163,7 +164,11 @@ class _Batch:
         self._check_conflicts()
         self._load_accounts()
         for index, command in enumerate(self.commands):
-            self._apply(index, command)
+            try:
+                self._apply(index, command)
+            except LedgerError as refused:
+                refused.command_index = index
+                raise
         self._flush()
         return self.results
 
