@@ -304,9 +304,7 @@ class Loader(ABC):
                     if column not in have.get(table.name, set()):
                         self.execute(self.add_column_sql(table, column))  # additive: a new, nullable column
             self.after_setup()
-            for name, select in self.analyst_views().items():
-                for statement in self.create_view_sql(name, select):
-                    self.execute(statement)
+            self.create_analyst_views()
 
     def after_setup(self) -> None:  # noqa: B027 - optional hook
         """Views of a warehouse's own, or converting columns whose type a setting changed."""
@@ -334,6 +332,12 @@ class Loader(ABC):
         return f"TRUNCATE TABLE {self.qualified(table)}"
 
     # -- the analysts' views -------------------------------------------------------------------------------
+
+    def create_analyst_views(self) -> None:
+        """(Re)create the views of `analyst_views`."""
+        for name, select in self.analyst_views().items():
+            for statement in self.create_view_sql(name, select):
+                self.execute(statement)
 
     def create_view_sql(self, name: str, select: str) -> list[str]:
         """Replace a view (dropped first: PostgreSQL and Redshift cannot replace one whose columns change)."""

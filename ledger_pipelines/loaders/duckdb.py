@@ -178,9 +178,7 @@ class DuckDBLoader(Loader):
                 self.execute(f"ALTER TABLE {self.qualified(table)} ALTER COLUMN {self.ident(column)} TYPE {money}")
                 converted = True
         if converted:  # the views sum money as its type now is
-            for view, select in self.analyst_views().items():
-                for statement in self.create_view_sql(view, select):
-                    self.execute(statement)
+            self.create_analyst_views()
 
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits), or

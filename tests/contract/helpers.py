@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from decimal import Decimal, localcontext
+from typing import Any
 
 import psycopg
 
@@ -33,13 +35,7 @@ def assert_warehouse_equals_ledger(conn: psycopg.Connection, loader: Loader, led
     wh_tx = {r["id"]: (r["timestamp"], r["inserted_at"], r["reference"], json.loads(r["metadata"]), r["reverted_at"])
              for r in wh_rows}
     assert wh_tx == core_tx
-    # Reversal links, both ways, from the revert logs.
-    reverts = dict(conn.execute(
-        """SELECT (data->'transaction'->>'id')::bigint, (data->'revertedTransaction'->>'id')::bigint
-           FROM ledger_core.logs WHERE ledger = %s AND type = 'REVERTED_TRANSACTION'""", (ledger,)).fetchall())
-    assert {r["id"]: r["reverts_transaction_id"] for r in wh_rows if r["reverts_transaction_id"]} == reverts
-    assert {r["id"]: r["reverted_by_transaction_id"] for r in wh_rows if r["reverted_by_transaction_id"]} == {
-        original: reversal for reversal, original in reverts.items()}
+    assert_reversal_links(conn, ledger, wh_rows)
     assert_effective_history(conn, loader, ledger)
     core_accounts = {r[0]: (r[1], r[2]) for r in conn.execute(
         "SELECT address, metadata, first_usage FROM ledger_core.accounts WHERE ledger = %s", (ledger,))}
@@ -56,6 +52,30 @@ def display(signed: int, scale: int) -> str:
         return f"{Decimal(signed).scaleb(-scale):f}"
 
 
+def revert_pairs(conn: psycopg.Connection, ledger: str) -> dict[int, int]:
+    """Reversal transaction id -> the id of the transaction it reverts, from the ledger's revert logs."""
+    return dict(conn.execute(
+        """SELECT (data->'transaction'->>'id')::bigint, (data->'revertedTransaction'->>'id')::bigint
+           FROM ledger_core.logs WHERE ledger = %s AND type = 'REVERTED_TRANSACTION'""", (ledger,)).fetchall())
+
+
+def assert_reversal_links(conn: psycopg.Connection, ledger: str, transactions: Iterable[dict[str, Any]]) -> None:
+    """Warehouse transaction rows link reversals and reverted transactions both ways, as the revert logs say."""
+    reverts, rows = revert_pairs(conn, ledger), list(transactions)
+    assert {r["id"]: r["reverts_transaction_id"] for r in rows if r["reverts_transaction_id"]} == reverts
+    assert {r["id"]: r["reverted_by_transaction_id"] for r in rows if r["reverted_by_transaction_id"]} == {
+        original: reversal for reversal, original in reverts.items()}
+
+
+def assert_move_amounts(moves: Iterable[dict[str, Any]]) -> None:
+    """Each warehouse move's asset scale, signed amount and display amount follow from its asset and amount."""
+    for move in moves:
+        scale = int(move["asset"].partition("/")[2] or 0)
+        signed = -int(move["amount"]) if move["is_source"] else int(move["amount"])
+        assert (move["asset_scale"], int(move["signed_amount"]), move["display_amount"]) == (
+            scale, signed, display(signed, scale)), move
+
+
 def assert_effective_history(conn: psycopg.Connection, loader: Loader, ledger: str) -> None:
     """Signed amounts, daily volumes and the two views, against the ledger's moves and daily volumes."""
     ledger_moves = conn.execute(
@@ -67,11 +87,7 @@ def assert_effective_history(conn: psycopg.Connection, loader: Loader, ledger: s
     for tx, index, is_source, account, asset, amount in ledger_moves:
         running[(account, asset)] += -int(amount) if is_source else int(amount)
         effective[(tx, index, is_source)] = running[(account, asset)]
-    for move in loader.read_table(MOVES, ledger).to_pylist():
-        scale = int(move["asset"].partition("/")[2] or 0)
-        signed = -int(move["amount"]) if move["is_source"] else int(move["amount"])
-        assert (move["asset_scale"], int(move["signed_amount"]), move["display_amount"]) == (
-            scale, signed, display(signed, scale)), move
+    assert_move_amounts(loader.read_table(MOVES, ledger).to_pylist())
     i = loader.ident
     of_ledger = f"WHERE {i('ledger')} = {loader.dialect.param('ledger', Kind.STRING)}"
 

@@ -27,7 +27,7 @@ from ledger_pipelines.loaders import open_loader
 from ledger_pipelines.loaders.base import from_warehouse
 from ledger_pipelines.sync import sync_pipeline
 from ledger_pipelines.tables import Kind
-from tests.contract.helpers import display
+from tests.contract.helpers import display, revert_pairs
 from tests.helpers import new_tx, posting
 from tests.integration.test_readme import readme_blocks
 
@@ -105,9 +105,7 @@ def ledger_answers(conn) -> dict[str, Any]:
             if b.volumes.input or b.volumes.output:
                 flows[(day, b.asset)] += b.volumes.input - b.volumes.output
     answers["Q3"] = dict(flows)
-    reverts = dict(conn.execute(
-        """SELECT (data->'transaction'->>'id')::bigint, (data->'revertedTransaction'->>'id')::bigint
-           FROM ledger_core.logs WHERE ledger = 'shop' AND type = 'REVERTED_TRANSACTION'""").fetchall())
+    reverts = revert_pairs(conn, "shop")
     originals = {tx: tx for tx in reverts.values()} | reverts
     answers["Q4"] = sorted(
         (originals[tx], tx, account, asset, -int(amount) if is_source else int(amount))

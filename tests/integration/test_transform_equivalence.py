@@ -30,7 +30,7 @@ from ledger_pipelines.reader import LogReader
 from ledger_pipelines.tables import DATA_TABLES, Kind, Table
 from ledger_pipelines.transforms import Transformer
 from tests import reference_transform
-from tests.contract.helpers import display
+from tests.contract.helpers import assert_move_amounts, assert_reversal_links, display
 
 ASSETS = ["USD/2", "EUR/2", "JPY", "ETH/18", "BTC/8"]
 KEYS = ["tier", "region", "note", "κλειδί"]
@@ -152,18 +152,8 @@ def assert_new_columns_equal_the_ledger(conn: psycopg.Connection, ledger: str, w
            WHERE ledger = %s""", (ledger,))}
     held = {k[1:]: (int(r["input"]), int(r["output"])) for k, r in warehouse.rows["daily_volumes"].items()}
     assert held == days
-    reverts = dict(conn.execute(
-        """SELECT (data->'transaction'->>'id')::bigint, (data->'revertedTransaction'->>'id')::bigint
-           FROM ledger_core.logs WHERE ledger = %s AND type = 'REVERTED_TRANSACTION'""", (ledger,)).fetchall())
-    transactions = warehouse.rows["transactions"].values()
-    assert {r["id"]: r["reverts_transaction_id"] for r in transactions if r["reverts_transaction_id"]} == reverts
-    assert {r["id"]: r["reverted_by_transaction_id"] for r in transactions if r["reverted_by_transaction_id"]} == {
-        original: reversal for reversal, original in reverts.items()}
-    for move in warehouse.rows["moves"].values():
-        scale = int(move["asset"].partition("/")[2] or 0)
-        signed = -int(move["amount"]) if move["is_source"] else int(move["amount"])
-        assert (move["asset_scale"], int(move["signed_amount"]), move["display_amount"]) == (
-            scale, signed, display(signed, scale))
+    assert_reversal_links(conn, ledger, warehouse.rows["transactions"].values())
+    assert_move_amounts(warehouse.rows["moves"].values())
     for row in warehouse.rows["balances"].values():
         assert row["display_balance"] == display(int(row["balance"]), row["asset_scale"])
 
