@@ -36,6 +36,7 @@ from ledger_core.requests import (
     NewTransaction,
     RevertTransaction,
     SetMetadata,
+    bulk_element,
     parse_json,
 )
 from ledger_core.validation import timestamp
@@ -237,27 +238,9 @@ def tx_create(ledger: str, body: str, idempotency_key: str | None, dry_run: bool
     emit(result.to_json())
 
 
-BULK_ACTIONS = ("CREATE_TRANSACTION", "ADD_METADATA", "REVERT_TRANSACTION", "DELETE_METADATA")
-
-
 def bulk_command(element: Any, line: int) -> Command:
-    """One NDJSON line: a plain transaction body, or a Formance bulk element {"action", "data", "ik"}."""
     try:
-        if not isinstance(element, dict) or "action" not in element:
-            return NewTransaction.from_json(element)
-        action, data, key = element["action"], element.get("data"), element.get("ik")
-        if not isinstance(data, dict):
-            raise ValidationError("must be a JSON object", field="data")
-        if action == "CREATE_TRANSACTION":
-            return NewTransaction.from_json(data, idempotency_key=key)
-        if action == "ADD_METADATA":
-            return SetMetadata.build(data.get("targetType"), data.get("targetId"), data.get("metadata"), key)
-        if action == "DELETE_METADATA":
-            return DeleteMetadata.build(data.get("targetType"), data.get("targetId"), data.get("key"), key)
-        if action == "REVERT_TRANSACTION":
-            return RevertTransaction(data.get("id"), data.get("force", False), key,
-                                     data.get("atEffectiveDate", False))
-        raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(BULK_ACTIONS)}")
+        return bulk_element(element)
     except ValidationError as exc:
         raise ValidationError(f"line {line}: {exc}") from None
 

@@ -60,6 +60,29 @@ def write_each(conn: psycopg.Connection, ledger: str, commands: Sequence[Command
     return outcomes  # type: ignore[return-value]
 
 
+def write_until_refused(conn: psycopg.Connection, ledger: str,
+                        commands: Sequence[Command]) -> list[WriteResult | LedgerError | None]:
+    """Write `commands` in order up to the first the ledger refuses (Formance's bulk without continueOnFailure):
+    those before it are written, it gets its error, those after it are not run (None)."""
+    try:
+        return list(write(conn, ledger, commands))
+    except LedgerError as refused:
+        index = refused.command_index
+        if index is None:  # the refusal names no command: one at a time finds it
+            outcomes: list[WriteResult | LedgerError | None] = [None] * len(commands)
+            for i, command in enumerate(commands):
+                try:
+                    outcomes[i] = write(conn, ledger, [command])[0]
+                except LedgerError as exc:
+                    outcomes[i] = exc
+                    break
+            return outcomes
+        before = write_until_refused(conn, ledger, commands[:index]) if index else []
+        if any(not isinstance(o, WriteResult) for o in before):  # the state moved under us: stopped earlier
+            return [*before, *[None] * (len(commands) - index)]
+        return [*before, refused, *[None] * (len(commands) - index - 1)]
+
+
 @dataclass
 class _Request:
     command: Command

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ledger_core.errors import LedgerAlreadyExists, LedgerNotFound
-from ledger_core.validation import format_timestamp, ledger_name, metadata
+from ledger_core.validation import format_timestamp, ledger_name, metadata, text
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,31 @@ def get_ledger(conn: psycopg.Connection, name: str) -> LedgerInfo:
     ledger_name(name)
     row = conn.execute(
         "SELECT name, created_at, metadata, last_log_id FROM ledger_core.ledgers WHERE name = %s", (name,)
+    ).fetchone()
+    if row is None:
+        raise LedgerNotFound(name)
+    return LedgerInfo(*row)
+
+
+def update_ledger_metadata(conn: psycopg.Connection, name: str, meta: Any) -> LedgerInfo:
+    """Merge `meta` into the ledger's own metadata (not logged: it describes the ledger, not its money)."""
+    ledger_name(name)
+    row = conn.execute(
+        """UPDATE ledger_core.ledgers SET metadata = metadata || %s::jsonb WHERE name = %s
+           RETURNING name, created_at, metadata, last_log_id""",
+        (Jsonb(metadata(meta)), name),
+    ).fetchone()
+    if row is None:
+        raise LedgerNotFound(name)
+    return LedgerInfo(*row)
+
+
+def delete_ledger_metadata(conn: psycopg.Connection, name: str, key: str) -> LedgerInfo:
+    ledger_name(name)
+    row = conn.execute(
+        """UPDATE ledger_core.ledgers SET metadata = metadata - %s WHERE name = %s
+           RETURNING name, created_at, metadata, last_log_id""",
+        (text(key, field="key"), name),
     ).fetchone()
     if row is None:
         raise LedgerNotFound(name)

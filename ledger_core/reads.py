@@ -101,16 +101,20 @@ class Page:
                            "data": [item.to_json() for item in self.data]}}
 
 
-def _encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"before:{last_id}".encode()).decode()
+def encode_cursor(last: int | str, kind: str = "before") -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{last}".encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> int:
+def _decode_cursor(cursor: str, kind: str = "before") -> int:
+    return int(decode_text_cursor(cursor, kind))
+
+
+def decode_text_cursor(cursor: str, kind: str) -> str:
     try:
-        kind, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if kind != "before":
-            raise ValueError(kind)
-        return int(value)
+        found, _, value = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+        if found != kind or (kind == "before" and not value.isdigit()):
+            raise ValueError(found)
+        return text(value, field="cursor")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationError(f"invalid cursor {cursor!r}", field="cursor") from None
 
@@ -152,10 +156,12 @@ def list_transactions(
     ).fetchall()
     items = [transaction_from_row(r) for r in rows[:page_size]]
     has_more = len(rows) > page_size
-    return Page(items, page_size, has_more, _encode_cursor(items[-1].id) if has_more else None)
+    return Page(items, page_size, has_more, encode_cursor(items[-1].id) if has_more else None)
 
 
-def get_account(conn: psycopg.Connection, ledger: str, account: str) -> Account:
+def get_account(conn: psycopg.Connection, ledger: str, account: str, *,
+                effective_at: datetime | None = None) -> Account:
+    """An account with its volumes per asset: now, or (`effective_at`) as of that effective time."""
     ledger_name(ledger)
     check_address(account)
     row = conn.execute(
@@ -166,6 +172,9 @@ def get_account(conn: psycopg.Connection, ledger: str, account: str) -> Account:
     if row is None:
         require_ledger(conn, ledger)
         raise AccountNotFound(ledger, account)
+    if effective_at is not None:
+        volumes = {b.asset: b.volumes for b in balances(conn, ledger, address=account, effective_at=effective_at)}
+        return Account(account, dict(row[0]), volumes, row[1], row[2], row[3])
     volumes = {
         a: Volumes(int(i), int(o))
         for a, i, o in conn.execute(
@@ -175,6 +184,48 @@ def get_account(conn: psycopg.Connection, ledger: str, account: str) -> Account:
         )
     }
     return Account(account, dict(row[0]), volumes, row[1], row[2], row[3])
+
+
+def stats(conn: psycopg.Connection, ledger: str) -> dict[str, int]:
+    """How many accounts and transactions the ledger holds."""
+    require_ledger(conn, ledger)
+    row = conn.execute(
+        """SELECT (SELECT count(*) FROM ledger_core.accounts WHERE ledger = %s),
+                  (SELECT count(*) FROM ledger_core.transactions WHERE ledger = %s)""",
+        (ledger, ledger),
+    ).fetchone()
+    assert row is not None
+    return {"accounts": row[0], "transactions": row[1]}
+
+
+def list_accounts(conn: psycopg.Connection, ledger: str, *, address: str | None = None, page_size: int = 15,
+                  cursor: str | None = None) -> Page:
+    """Accounts in address order, with their volumes; `address` is an address or a pattern (users:)."""
+    require_ledger(conn, ledger)
+    page_size = _page_size(page_size)
+    clauses, params = ["ledger = %s"], [ledger]
+    if address:
+        clauses.append("address ~ %s")
+        params.append(address_pattern(address))
+    if cursor:
+        clauses.append("address > %s")
+        params.append(decode_text_cursor(cursor, "after"))
+    rows = conn.execute(
+        f"""SELECT address, metadata, first_usage, insertion_date, updated_at FROM ledger_core.accounts
+            WHERE {' AND '.join(clauses)} ORDER BY address LIMIT %s""",
+        [*params, page_size + 1],
+    ).fetchall()
+    rows, has_more = rows[:page_size], len(rows) > page_size
+    volumes: dict[str, dict[str, Volumes]] = {r[0]: {} for r in rows}
+    if rows:
+        for account, asset_name, i, o in conn.execute(
+            """SELECT account, asset, input::text, output::text FROM ledger_core.volumes
+               WHERE ledger = %s AND account = ANY(%s) ORDER BY account, asset""",
+            (ledger, list(volumes)),
+        ):
+            volumes[account][asset_name] = Volumes(int(i), int(o))
+    items = [Account(r[0], dict(r[1]), volumes[r[0]], r[2], r[3], r[4]) for r in rows]
+    return Page(items, page_size, has_more, encode_cursor(items[-1].address, "after") if has_more else None)
 
 
 def balances(
@@ -273,6 +324,21 @@ def list_logs(conn: psycopg.Connection, ledger: str, *, after: int = 0, limit: i
         (ledger, after, limit),
     ).fetchall()
     return [_log_from_row(ledger, r) for r in rows]
+
+
+def list_logs_page(conn: psycopg.Connection, ledger: str, *, page_size: int = 15, cursor: str | None = None) -> Page:
+    """Logs newest first, a page at a time (Formance's log listing)."""
+    require_ledger(conn, ledger)
+    page_size = _page_size(page_size)
+    before = _decode_cursor(cursor) if cursor else None
+    rows = conn.execute(
+        f"""SELECT {_LOG_COLUMNS} FROM ledger_core.logs WHERE ledger = %s AND (%s::bigint IS NULL OR id < %s)
+            ORDER BY id DESC LIMIT %s""",
+        (ledger, before, before, page_size + 1),
+    ).fetchall()
+    items = [_log_from_row(ledger, r) for r in rows[:page_size]]
+    has_more = len(rows) > page_size
+    return Page(items, page_size, has_more, encode_cursor(items[-1].id) if has_more else None)
 
 
 def iter_logs(conn: psycopg.Connection, ledger: str, *, after: int = 0, batch: int = 5000) -> Iterator[Log]:

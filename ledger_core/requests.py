@@ -269,3 +269,24 @@ def transaction_id(value: Any, *, field: str = "transaction id") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= v.MAX_ID:
         raise ValidationError(f"must be a transaction id (an integer from 0 to {v.MAX_ID})", field=field)
     return value
+
+
+BULK_ACTIONS = ("CREATE_TRANSACTION", "ADD_METADATA", "REVERT_TRANSACTION", "DELETE_METADATA")
+
+
+def bulk_element(element: Any) -> Command:
+    """One element of a bulk: a plain transaction body, or a Formance bulk element {"action", "data", "ik"}."""
+    if not isinstance(element, dict) or "action" not in element:
+        return NewTransaction.from_json(element)
+    action, data, key = element["action"], element.get("data"), element.get("ik")
+    if not isinstance(data, dict):
+        raise ValidationError("must be a JSON object", field="data")
+    if action == "CREATE_TRANSACTION":
+        return NewTransaction.from_json(data, idempotency_key=key)
+    if action == "ADD_METADATA":
+        return SetMetadata.build(data.get("targetType"), data.get("targetId"), data.get("metadata"), key)
+    if action == "DELETE_METADATA":
+        return DeleteMetadata.build(data.get("targetType"), data.get("targetId"), data.get("key"), key)
+    if action == "REVERT_TRANSACTION":
+        return RevertTransaction(data.get("id"), data.get("force", False), key, data.get("atEffectiveDate", False))
+    raise ValidationError(f"unknown action {action!r}; expected one of {', '.join(BULK_ACTIONS)}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ledger_api import auth  # noqa: F401 - registers the API's migrations (its keys)
 from ledger_core.db import connect, ensure_database
 from ledger_core.ledgers import create_ledger
 from ledger_core.localpg import ensure_server, stop_server

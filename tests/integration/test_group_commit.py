@@ -16,7 +16,7 @@ from ledger_core.errors import (
     ReferenceConflict,
     TransactionNotFound,
 )
-from ledger_core.group_commit import GroupCommitter, write_each
+from ledger_core.group_commit import GroupCommitter, write_each, write_until_refused
 from ledger_core.requests import RevertTransaction
 from tests.helpers import counts, new_tx, posting, send
 
@@ -108,3 +108,14 @@ def test_an_unknown_ledger_or_an_unreachable_database_fails_each_request_and_blo
     assert counts(conn, ledger) == before
     with pytest.raises(RuntimeError, match="closed"):
         committer.submit(ledger, new_tx(posting("world", "a", 1)))
+
+
+def test_write_until_refused_writes_what_comes_before_the_refusal_and_nothing_after(conn, ledger):
+    commands = [new_tx(posting("world", "a", 10)), new_tx(posting("b", "c", 1)), new_tx(posting("world", "d", 5))]
+    outcomes = write_until_refused(conn, ledger, commands)
+    assert outcomes[0].transaction.id == 1 and isinstance(outcomes[1], InsufficientFunds) and outcomes[2] is None
+    assert counts(conn, ledger)["transactions"] == 1
+    assert [o.transaction.id for o in write_until_refused(conn, ledger, [commands[0], commands[2]])] == [2, 3]
+    # A refusal naming no command (an unknown ledger) is found one command at a time.
+    unknown = write_until_refused(conn, ledger + "x", commands)
+    assert isinstance(unknown[0], LedgerNotFound) and unknown[1:] == [None, None]

@@ -1,0 +1,73 @@
+"""`ledgerctl serve` and `ledgerctl keys`: the API's commands, added to ledgerctl through its plugin entry point."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from ledger_api import auth
+from ledger_api.errors import ApiError
+from ledger_api.server import MAX_BODY_BYTES, Settings
+
+
+def register(context: Any) -> None:
+    cli, open_db, emit = context.cli, context.open_db, context.emit
+    handles_errors, database_url = context.handles_errors, context.database_url
+    context.errors(ApiError)
+
+    @cli.command("serve")
+    @click.option("--host", default="127.0.0.1", show_default=True)
+    @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+    @click.option("--group-commit/--no-group-commit", default=True, show_default=True,
+                  help="Gather concurrent writes to a ledger into one database transaction.")
+    @click.option("--max-body-bytes", default=MAX_BODY_BYTES, show_default=True, type=click.IntRange(1))
+    @click.option("--token-seconds", default=auth.TOKEN_SECONDS, show_default=True, type=click.IntRange(1),
+                  help="How long a bearer token from /oauth/token is valid.")
+    @handles_errors
+    def serve(host: str, port: int, group_commit: bool, max_body_bytes: int, token_seconds: int) -> None:
+        """Serve the Formance-v2-compatible HTTP API (every route but /_healthcheck needs a bearer token)."""
+        import uvicorn
+
+        from ledger_api.app import create_app
+
+        url = database_url()
+        with open_db() as conn:
+            auth.require_schema(conn)  # refuse to start on a database `ledgerctl db migrate` has not prepared
+        app = create_app(Settings(url, group_commit=group_commit, max_body_bytes=max_body_bytes,
+                                  token_seconds=token_seconds))
+        click.echo(f"ledgerctl: serving the ledger API on http://{host}:{port} (OpenAPI at /openapi.json)",
+                   err=True)
+        # Access logs carry no secret: tokens travel in headers, and client secrets in bodies, neither logged.
+        uvicorn.run(app, host=host, port=port, log_level=logging.WARNING, server_header=False)
+
+    @cli.group()
+    def keys() -> None:
+        """API keys: a client id and a secret, exchanged for bearer tokens at /oauth/token."""
+
+    @keys.command("create")
+    @click.option("--name", required=True, help="What the key is for (shown in `keys list`).")
+    @click.option("--ledger", "ledgers", multiple=True, help="Limit the key to this ledger (repeatable).")
+    @click.option("--read-only", is_flag=True, help="The key may read, never write.")
+    @handles_errors
+    def keys_create(name: str, ledgers: tuple[str, ...], read_only: bool) -> None:
+        """Create a key; its secret is printed this once and stored only as a digest."""
+        with open_db() as conn:
+            key, secret = auth.create_key(conn, name, ledgers=ledgers or None, read_only=read_only)
+        emit({**key.to_json(), "clientSecret": secret})
+
+    @keys.command("list")
+    @handles_errors
+    def keys_list() -> None:
+        """Every key, without secrets."""
+        with open_db() as conn:
+            emit([k.to_json() for k in auth.list_keys(conn)])
+
+    @keys.command("revoke")
+    @click.argument("client_id")
+    @handles_errors
+    def keys_revoke(client_id: str) -> None:
+        """Revoke a key: its secret is refused at once, tokens already issued within seconds."""
+        with open_db() as conn:
+            emit(auth.revoke_key(conn, client_id).to_json())
