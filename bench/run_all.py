@@ -9,8 +9,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["ledger_write", "concurrent_write", "group_commit", "sync", "freshness", "verify",
-                             "check_cost"]
+    names = sys.argv[1:] or ["ledger_write", "concurrent_write", "group_commit", "http_write", "sync", "freshness",
+                             "verify", "check_cost"]
     for name in names:
         print(f"\n=== {name} ===", flush=True)
         runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")

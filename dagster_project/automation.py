@@ -28,7 +28,7 @@ from ledger_pipelines.tables import DATA_TABLES
 def _pipelines(ledger_db: LedgerDatabase) -> list[registry.Pipeline]:
     with ledger_db.connect() as conn:
         registry.require_schema(conn)
-        return registry.list_pipelines(conn)
+        return registry.list_pipelines(conn, warehouses_only=True)
 
 
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -152,7 +152,7 @@ def new_logs_sensor(context: dg.SensorEvaluationContext, ledger_db: LedgerDataba
     first_tick, last_run, seen = "last_run" not in state, state.get("last_run", 0), set(state.get("seen", []))
     with ledger_db.connect() as conn:
         registry.require_schema(conn)
-        pipelines = registry.list_pipelines(conn)
+        pipelines = registry.list_pipelines(conn, warehouses_only=True)
         exporters = registry.list_exporters(conn)
         newest = registry.last_sync_run_id(conn)
         # Runs since the last tick (none on the first: history is not replayed into the UI)...

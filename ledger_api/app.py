@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -35,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger_api import filters
-from ledger_api.auth import READ, WRITE, Principal
+from ledger_api.auth import READ, STALE, WRITE, Principal
 from ledger_api.errors import ApiError, BodyTooLarge, InvalidClient, InvalidTokenRequest, NotSupported
 from ledger_api.openapi import SCHEMAS, doc
 from ledger_api.server import Server, Settings
@@ -146,16 +148,21 @@ oauth2 = OAuth2(flows=OAuthFlows(clientCredentials=OAuthFlowClientCredentials(
     tokenUrl="/oauth/token", scopes={READ: "read ledgers", WRITE: "write ledgers"})), auto_error=False)
 
 
-def _principal(request: Request, authorization: Annotated[str | None, Security(oauth2)]) -> Principal:
-    server: Server = request.app.state.server
-    return server.authority.authenticate(authorization)
+async def _principal(request: Request, authorization: Annotated[str | None, Security(oauth2)]) -> Principal:
+    # In the event loop: checking a token is CPU only; the key's row is read (in a thread) every few seconds.
+    authority = server_of(request).authority
+    client_id, scopes = authority.token_claims(authorization)
+    key = authority.cached_key(client_id)
+    if key is STALE:
+        key = await run_in_threadpool(authority.current_key, client_id)
+    return authority.principal(key, scopes)  # type: ignore[arg-type]
 
 
 _SCOPED = {False: Security(_principal, scopes=[READ]), True: Security(_principal, scopes=[WRITE])}
 
 
 def _needs(write: bool) -> Callable[..., Principal]:
-    def check(request: Request, principal: Principal = _SCOPED[write]) -> Principal:
+    async def check(request: Request, principal: Principal = _SCOPED[write]) -> Principal:
         principal.require(request.path_params.get("ledger"), write=write)
         return principal
 
@@ -277,7 +284,7 @@ def ledger_routes() -> APIRouter:
     ) -> dict[str, Any]:
         command = NewTransaction.from_json(await json_body(request), idempotency_key=idempotency_key, force=force)
         result = await server_of(request).write_one(ledger, command, dry_run=dry_run)
-        return {"data": result.to_json()}
+        return JSONResponse({"data": result.to_json()})
 
     @r.get("/{ledger}/transactions", tags=["transactions"], summary="List transactions, newest first",
            openapi_extra=doc("V2TransactionCursorResponse", body="V2Filter", body_required=False))
@@ -574,8 +581,24 @@ def pipeline_routes() -> APIRouter:
 
 # -- the app ----------------------------------------------------------------------------------------------
 
-PREFIXES = ("/v2", "/api/ledger/v2")
-TOKEN_PATHS = ("/oauth/token", "/api/auth/oauth/token")
+class StackPaths:
+    """Serve Formance's stack paths (`/api/ledger/v2/...`, `/api/auth/oauth/token`, what the SDKs call) as ours,
+    by rewriting the path before routing: one set of routes, matched once."""
+
+    ALIASES = (("/api/ledger/", "/"), ("/api/auth/oauth/token", "/oauth/token"))
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            for alias, ours in self.ALIASES:
+                if path.startswith(alias):
+                    scope = {**scope, "path": ours + path[len(alias):], "raw_path": None}
+                    break
+        await self.app(scope, receive, send)
+
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -590,12 +613,11 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Ledger API", version="2", lifespan=lifespan, dependencies=[Depends(known_query)],
                   generate_unique_id_function=_operation_id,
                   description="Formance Ledger v2's routes over this ledger; see the README for the extensions.")
-    routers = [unsupported_routes(), ledger_routes()]
+    routers = [ledger_routes(), unsupported_routes()]
     with contextlib.suppress(ImportError):  # without the pipelines package, no exporter routes
-        routers.insert(0, pipeline_routes())  # `/_/exporters` before `/{ledger}`
-    for prefix in PREFIXES:
-        for router in routers:
-            app.include_router(router, prefix=prefix, include_in_schema=prefix == PREFIXES[0])
+        routers.insert(1, pipeline_routes())
+    for router in routers:
+        app.include_router(router, prefix="/v2")
 
     @app.get("/_healthcheck", tags=["health"], summary="Whether the server can reach its database")
     async def health(request: Request) -> dict[str, Any]:
@@ -613,9 +635,8 @@ def create_app(settings: Settings) -> FastAPI:
                                          form.get("scope"))
         return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
-    for path in TOKEN_PATHS:
-        app.add_api_route(path, token, methods=["POST"], tags=["auth"], include_in_schema=path == TOKEN_PATHS[0],
-                          summary="OAuth2 client credentials: an API key's id and secret for a bearer token")
+    app.add_api_route("/oauth/token", token, methods=["POST"], tags=["auth"],
+                      summary="OAuth2 client credentials: an API key's id and secret for a bearer token")
 
     @app.exception_handler(LedgerError)
     async def ledger_error(_: Request, exc: LedgerError) -> JSONResponse:
@@ -665,6 +686,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.openapi = document  # type: ignore[method-assign]
     _add_pipeline_errors(app)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(StackPaths)  # type: ignore[arg-type]
     return app
 
 
@@ -694,3 +716,12 @@ def _add_pipeline_errors(app: FastAPI) -> None:
     async def pipeline_error(_: Request, exc: PipelineError) -> JSONResponse:
         code = getattr(exc, "error_code", "PIPELINE")
         return error_response(STATUS.get(code, 400), code, str(exc))
+
+
+SETTINGS_VARIABLE = "LEDGER_API_SETTINGS"
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of several worker processes (`ledgerctl serve --workers N`): uvicorn starts each worker
+    by import, so the settings `ledgerctl serve` chose travel in the environment, as JSON."""
+    return create_app(Settings(**json.loads(os.environ[SETTINGS_VARIABLE])))

@@ -38,6 +38,7 @@ SCOPES = (READ, WRITE)  # the scopes Formance's SDK asks for
 TOKEN_SECONDS = 900
 KEY_CACHE_SECONDS = 5.0
 CLIENT_ID = re.compile(r"lk_[0-9a-f]{24}")
+STALE = object()  # a key not read recently enough to trust
 
 API_MIGRATIONS: tuple[str, ...] = (
     """
@@ -214,7 +215,13 @@ class Authority:
         return hmac.new(self._secret, body.encode(), hashlib.sha256).digest()
 
     def authenticate(self, authorization: str | None) -> Principal:
-        """The principal of an `Authorization: Bearer …` header, or Unauthorized."""
+        """The principal of an `Authorization: Bearer …` header, or Unauthorized (may read the key's row)."""
+        client_id, scopes = self.token_claims(authorization)
+        key = self.cached_key(client_id)
+        return self.principal(self.current_key(client_id) if key is STALE else key, scopes)
+
+    def token_claims(self, authorization: str | None) -> tuple[str, frozenset[str]]:
+        """The client id and scopes of a bearer token this server signed and that has not expired (no I/O)."""
         if not authorization:
             raise Unauthorized("this route needs a bearer token: exchange an API key for one at /oauth/token")
         scheme, _, token = authorization.partition(" ")
@@ -230,17 +237,22 @@ class Authority:
             raise Unauthorized("the bearer token is not one this server issued")
         if not isinstance(claims.get("exp"), int) or claims["exp"] <= time.time():
             raise Unauthorized("the bearer token has expired: get a new one from /oauth/token")
-        key = self._current_key(str(claims.get("sub")))
+        return str(claims.get("sub")), frozenset(claims.get("scp") or ())
+
+    def principal(self, key: ApiKey | None, scopes: frozenset[str]) -> Principal:
         if key is None:
             raise Unauthorized("the key this token was issued for is revoked or deleted")
-        return Principal(key, frozenset(claims.get("scp") or ()) & frozenset(key.scopes))
+        return Principal(key, scopes & frozenset(key.scopes))
 
-    def _current_key(self, client_id: str) -> ApiKey | None:
-        now = time.monotonic()
+    def cached_key(self, client_id: str) -> ApiKey | object | None:
+        """The key as read less than KEY_CACHE_SECONDS ago, or STALE (then `current_key` reads it)."""
         with self._lock:
             cached = self._cache.get(client_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        return cached[1] if cached is not None and cached[0] > time.monotonic() else STALE
+
+    def current_key(self, client_id: str) -> ApiKey | None:
+        """The key's row as it is now (None: revoked or deleted), remembered for KEY_CACHE_SECONDS."""
+        now = time.monotonic()
         with self._connect() as conn:
             row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM ledger_api.keys WHERE client_id = %s",
                                (client_id,)).fetchone()

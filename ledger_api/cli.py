@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from dataclasses import asdict
 from typing import Any
 
 import click
 
-from ledger_api import auth
+from ledger_api import MAX_BODY_BYTES, auth
 from ledger_api.errors import ApiError
-from ledger_api.server import MAX_BODY_BYTES, Settings
 
 
 def register(context: Any) -> None:
@@ -25,22 +27,32 @@ def register(context: Any) -> None:
     @click.option("--max-body-bytes", default=MAX_BODY_BYTES, show_default=True, type=click.IntRange(1))
     @click.option("--token-seconds", default=auth.TOKEN_SECONDS, show_default=True, type=click.IntRange(1),
                   help="How long a bearer token from /oauth/token is valid.")
+    @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+                  help="Server processes; each gathers its own writes (the ledger's lock orders them).")
     @handles_errors
-    def serve(host: str, port: int, group_commit: bool, max_body_bytes: int, token_seconds: int) -> None:
+    def serve(host: str, port: int, group_commit: bool, max_body_bytes: int, token_seconds: int,
+              workers: int) -> None:
         """Serve the Formance-v2-compatible HTTP API (every route but /_healthcheck needs a bearer token)."""
         import uvicorn
 
-        from ledger_api.app import create_app
+        from ledger_api.app import SETTINGS_VARIABLE, create_app
+        from ledger_api.server import Settings
 
         url = database_url()
         with open_db() as conn:
             auth.require_schema(conn)  # refuse to start on a database `ledgerctl db migrate` has not prepared
-        app = create_app(Settings(url, group_commit=group_commit, max_body_bytes=max_body_bytes,
-                                  token_seconds=token_seconds))
-        click.echo(f"ledgerctl: serving the ledger API on http://{host}:{port} (OpenAPI at /openapi.json)",
-                   err=True)
-        # Access logs carry no secret: tokens travel in headers, and client secrets in bodies, neither logged.
-        uvicorn.run(app, host=host, port=port, log_level=logging.WARNING, server_header=False)
+        settings = Settings(url, group_commit=group_commit, max_body_bytes=max_body_bytes,
+                            token_seconds=token_seconds)
+        click.echo(f"ledgerctl: serving the ledger API on http://{host}:{port} with {workers} process(es) "
+                   "(OpenAPI at /openapi.json)", err=True)
+        # No access log: tokens travel in headers and client secrets in bodies, and neither may reach a log.
+        options: dict[str, Any] = {"host": host, "port": port, "log_level": logging.WARNING, "access_log": False,
+                                   "server_header": False}
+        if workers == 1:
+            uvicorn.run(create_app(settings), **options)
+        else:
+            os.environ[SETTINGS_VARIABLE] = json.dumps(asdict(settings))
+            uvicorn.run("ledger_api.app:app_from_environment", factory=True, workers=workers, **options)
 
     @cli.group()
     def keys() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import psycopg
 from starlette.concurrency import run_in_threadpool
 
+from ledger_api import MAX_BODY_BYTES
 from ledger_api.auth import TOKEN_SECONDS, Authority
 from ledger_core.db import connect
 from ledger_core.group_commit import GroupCommitter
@@ -24,8 +25,6 @@ from ledger_core.ledgers import get_ledger
 from ledger_core.requests import Command
 from ledger_core.validation import ledger_name
 from ledger_core.writer import WriteResult, write
-
-MAX_BODY_BYTES = 4 * 1024 * 1024  # a bulk of a few thousand transactions; larger ones are split by the caller
 
 
 @dataclass(frozen=True)

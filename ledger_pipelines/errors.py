@@ -214,6 +214,18 @@ class TransientLoadError(LoadError):
     error_code = "LOAD_TRANSIENT"
 
 
+class DeliveryRefused(LoadError):
+    """A receiver refused a delivery for good (a 4xx): the pipeline is stopped until someone starts it again."""
+
+    error_code = "DELIVERY_REFUSED"
+    stops_pipeline = True  # retrying cannot help: the sync stops the pipeline, with this in its lastError
+
+    def __init__(self, driver: str, status: int, message: str):
+        super().__init__(f"{driver}: {message}; the pipeline is stopped: fix the receiver or the exporter's config, "
+                         "then `ledgerctl pipelines start` it (the same logs are delivered again)")
+        self.status = status
+
+
 class ChecksFailed(PipelineError):
     """The warehouse differs from the ledger at the pipeline's cursor (the checks say where)."""
 

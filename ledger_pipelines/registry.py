@@ -35,7 +35,7 @@ from ledger_pipelines.errors import (
     PipelineAlreadyExists,
     PipelineNotFound,
 )
-from ledger_pipelines.loaders import prepare_config
+from ledger_pipelines.loaders import is_log_sink, prepare_config
 
 PIPELINE_MIGRATIONS = (
     """
@@ -358,12 +358,19 @@ def get_pipeline(conn: psycopg.Connection, pipeline_ref: str) -> Pipeline:
     return _pipelines(conn, [row])[0]
 
 
-def list_pipelines(conn: psycopg.Connection, *, ledger: str | None = None) -> list[Pipeline]:
+def list_pipelines(conn: psycopg.Connection, *, ledger: str | None = None,
+                   warehouses_only: bool = False) -> list[Pipeline]:
+    """Pipelines, oldest first; `warehouses_only` leaves out those whose exporter receives the logs as they are
+    (`http`): they have no tables, so they are not warehouse assets (they run under `ledgerctl sync`)."""
     if ledger:
         rows = conn.execute(_PIPELINE_SELECT + " WHERE p.ledger = %s ORDER BY p.created_at, p.id", (ledger,))
     else:
         rows = conn.execute(_PIPELINE_SELECT + " ORDER BY p.created_at, p.id")
-    return _pipelines(conn, rows.fetchall())
+    pipelines = _pipelines(conn, rows.fetchall())
+    if warehouses_only:
+        sinks = {e.id for e in list_exporters(conn) if is_log_sink(e.driver)}
+        pipelines = [p for p in pipelines if p.exporter_id not in sinks]
+    return pipelines
 
 
 def set_enabled(conn: psycopg.Connection, pipeline_ref: str, enabled: bool) -> Pipeline:

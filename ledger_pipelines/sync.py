@@ -39,6 +39,7 @@ import pyarrow as pa
 from ledger_core import export
 from ledger_core.db import connect
 from ledger_pipelines import registry
+from ledger_pipelines.delivery import LogSink
 from ledger_pipelines.errors import (
     LogChainBroken,
     LogGap,
@@ -150,9 +151,16 @@ def sync_pipeline(
                     done.attempts += 1
                     try:
                         with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
-                            report = _sync(conn, database_url, pipeline, loader, batch_size, progress, fail_at,
-                                           started, reader, done)
-                            if verify_after:
+                            if isinstance(loader, LogSink):  # no warehouse: nothing to check but freshness
+                                report = _deliver(conn, database_url, pipeline, loader, batch_size, progress,
+                                                  fail_at, started, reader, done)
+                                if verify_after:
+                                    report = replace(report, checks=[
+                                        freshness(registry.get_pipeline(conn, pipeline_id))])
+                            else:
+                                report = _sync(conn, database_url, pipeline, loader, batch_size, progress,
+                                               fail_at, started, reader, done)
+                            if verify_after and not isinstance(loader, LogSink):
                                 checks = verify(conn, loader, pipeline.ledger, report.to_log_id,
                                                 **done.check_scope(report.to_log_id))
                                 report = replace(report, checks=[*checks,
@@ -171,6 +179,8 @@ def sync_pipeline(
             except (PipelineStopped, PipelineBusy):
                 raise  # not a sync attempt: nothing to record
             except Exception as exc:  # recorded whatever it is, so `pipelines get` and the history show it
+                if getattr(exc, "stops_pipeline", False):  # retrying cannot help (a receiver's 4xx)
+                    registry.set_enabled(conn, pipeline_id, False)
                 registry.record_sync(conn, pipeline_id, trigger=trigger, started_at=started_at, from_log_id=done.first,
                                      to_log_id=registry.get_pipeline(conn, pipeline_id).last_log_id, logs=done.logs,
                                      rows=dict(done.rows), attempts=max(done.attempts, 1), note=done.note,
@@ -200,6 +210,11 @@ class _Progress:
         if self.first == 1:
             return {"since": 0, "accounts": None}
         return {"since": self.first - 1, "accounts": sorted(self.accounts)}
+
+    def delivered(self, first: int, last: int) -> None:
+        self.first = first if self.first is None else min(self.first, first)
+        self.logs += last - first + 1
+        self.rows.update({"logs": last - first + 1, "requests": 1})
 
     def loaded(self, batch: Batch) -> None:
         self.first = batch.first_log_id if self.first is None else min(self.first, batch.first_log_id)
@@ -280,6 +295,38 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
                       time.perf_counter() - started)
 
 
+def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, sink: LogSink,
+             batch_size: int, progress: Progress | None, fault: FaultHook, started: float,
+             shared_reader: LogReader | None, done: _Progress) -> SyncReport:
+    """The logs after the cursor to a sink, one delivery per batch (at most the sink's size), each checked link
+    by link first; the cursor moves after each acknowledged delivery. Killed between the two, the next sync
+    delivers the same logs again (at least once; the sink's receiver deduplicates by log id)."""
+    cursor, target = pipeline.last_log_id, pipeline.ledger_last_log_id
+    if cursor < target:
+        link = export.log_link(conn, pipeline.ledger, cursor) if cursor else None
+        if cursor and link is None:
+            raise LogChainBroken(pipeline.ledger, cursor, "the ledger no longer holds this exported log")
+        with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader, \
+                Transformer() as transformer, closing(_verified_batches(
+                    reader, transformer, pipeline.ledger, cursor, target,
+                    min(batch_size, sink.max_logs_per_delivery), link[0] if link else None,
+                    link[1] if link else 1)) as batches:
+            for prepared in batches:
+                logs = prepared.logs
+                fault("before_load")
+                sink.deliver(pipeline.id, pipeline.ledger, logs)
+                fault("after_load")
+                last = logs.column("id")[-1].as_py()
+                registry.move_cursor(conn, pipeline.id, cursor, last)
+                done.delivered(cursor + 1, last)
+                cursor = last
+                if progress:
+                    progress(pipeline.id, cursor - done.start, target - done.start, time.perf_counter() - started)
+    after = registry.get_pipeline(conn, pipeline.id)
+    return SyncReport(pipeline.id, pipeline.ledger, done.first, cursor, done.logs, dict(done.rows), after.lag,
+                      time.perf_counter() - started)
+
+
 def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, after: int, up_to: int, limit: int,
                       previous: bytes | None, previous_version: int) -> Iterator[Prepared]:
     """The logs `after < id <= up_to` in contiguous batches, each checked link by link (continuing from the
@@ -338,6 +385,8 @@ def verify_pipeline(database_url: str, pipeline_ref: str, *, environ: Mapping[st
             pipeline = registry.get_pipeline(conn, pipeline.id)
             exporter = registry.get_exporter(conn, pipeline.exporter_id)
             with open_loader(exporter.driver, exporter.config, environ) as loader:
+                if isinstance(loader, LogSink):  # a receiver cannot be read back: freshness is what there is
+                    return [freshness(pipeline)]
                 loader.ensure_schema(pipeline.id)  # a warehouse never synced (or wiped) is checked as empty
                 return [*verify(conn, loader, pipeline.ledger, pipeline.last_log_id), freshness(pipeline)]
 

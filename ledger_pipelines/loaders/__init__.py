@@ -22,6 +22,8 @@ from typing import Any
 
 from ledger_pipelines.loaders.base import Drivers, FaultHook, Loader
 
+__all__ = ["DRIVERS", "FaultHook", "Loader", "is_log_sink", "open_loader", "prepare_config", "validate_config"]
+
 DRIVERS = Drivers({
     "duckdb": "ledger_pipelines.loaders.duckdb:DuckDBLoader",
     "postgres": "ledger_pipelines.loaders.postgres:PostgresLoader",
@@ -29,6 +31,7 @@ DRIVERS = Drivers({
     "redshift": "ledger_pipelines.loaders.redshift:RedshiftLoader",
     "snowflake": "ledger_pipelines.loaders.snowflake:SnowflakeLoader",
     "bigquery": "ledger_pipelines.loaders.bigquery:BigQueryLoader",
+    "http": "ledger_pipelines.delivery:HttpSink",  # not a warehouse: the logs themselves, POSTed (delivery.py)
 })
 
 
@@ -43,5 +46,13 @@ def prepare_config(driver: str, config: Any, base_dir: Path) -> dict[str, Any]:
     return loader.prepare(loader.validate(config), base_dir)
 
 
-def open_loader(driver: str, config: Any, environ: Any, fault: FaultHook | None = None) -> Loader:
+def is_log_sink(driver: str) -> bool:
+    """Whether the driver receives the logs as they are (no warehouse tables, nothing to read back)."""
+    from ledger_pipelines.delivery import LogSink
+
+    return driver in DRIVERS.modules and issubclass(DRIVERS.get(driver), LogSink)
+
+
+def open_loader(driver: str, config: Any, environ: Any, fault: FaultHook | None = None) -> Any:
+    """A `Loader` for a warehouse driver; a `delivery.LogSink` for one that receives the logs themselves."""
     return DRIVERS.get(driver)(config, environ, fault)

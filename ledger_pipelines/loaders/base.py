@@ -566,7 +566,8 @@ class Drivers:
 
     modules: dict[str, str] = field(default_factory=dict)
 
-    def get(self, driver: str) -> type[Loader]:
+    def get(self, driver: str) -> Any:
+        """The driver's class: a `Loader`, or a `delivery.LogSink` for a driver that receives the logs as they are."""
         import importlib
 
         if driver not in self.modules:
@@ -578,5 +579,4 @@ class Drivers:
             raise InvalidExporterConfig(
                 driver, f"its client library is not installed ({exc.name}); install the '{driver}' extra"
             ) from None
-        loader: type[Loader] = getattr(module, class_name)
-        return loader
+        return getattr(module, class_name)

@@ -12,6 +12,7 @@ import pytest
 
 from dagster_project import assets, automation
 from dagster_project.assets import PIPELINES, warehouse_sync
+from ledger_pipelines import registry
 from tests.dagster.ticks import schedule_tick, sensor_tick
 from tests.helpers import posting, send
 
@@ -98,6 +99,9 @@ def test_sensor_requests_runs_only_for_new_logs_and_registers_new_pipelines(inst
     hourly = make_pipeline("hr", "hourly")
     send(dconn, "rt", posting("world", "a", 1))
     send(dconn, "hr", posting("world", "a", 1))
+    # A pipeline to an `http` receiver has no warehouse tables: not a partition, never a run (`ledgerctl sync`).
+    webhook = registry.create_exporter(dconn, "http", {"url": "http://127.0.0.1:9/hook", "secret": {"env": "S"}})
+    registry.create_pipeline(dconn, "rt", webhook.id, cadence="realtime")
 
     def tick(cursor):
         return sensor_tick(instance, resources, cursor)

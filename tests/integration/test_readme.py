@@ -1,15 +1,19 @@
 """Every example in the README runs, exactly as written, in README order, in a fresh folder.
 
-`sh` blocks run in bash (`set -euo pipefail`) in a folder whose `.venv` is this project's; `sql` blocks run on
-the engine their first comment names. The two commands (`make demo`, `make test`) are the exception: the
-test suite is `make test` itself, and the demo runs below through its module, as `make demo` runs it.
+`sh` blocks run in bash (`set -euo pipefail`) in a folder whose `.venv` is this project's (what they start in
+the background, the API server, is stopped at the end); `python` blocks run with the project's Python in the
+same folder; `sql` blocks run on the engine their first comment names. The two commands (`make demo`,
+`make test`) are the exception: the test suite is `make test` itself, and the demo runs below through its
+module, as `make demo` runs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,31 +41,45 @@ def _statements(sql: str) -> list[str]:
 def test_every_readme_example_runs_as_written(fresh_db_url, tmp_path):
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     env = {**os.environ, "LEDGER_DATABASE_URL": fresh_db_url, "LEDGER_HOME": str(tmp_path)}
-    ran = []
-    for kind, body in readme_blocks():
-        if kind == "sh":
-            if re.search(r"^make ", body, re.MULTILINE):
-                continue  # the two commands: see the module docstring
-            result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + body], cwd=tmp_path, env=env,
-                                    capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-            assert result.returncode == 0, f"README block failed:\n{body}\nstderr:\n{result.stderr}"
-            ran.append(body)
-        elif kind == "sql":
-            if re.match(r"-- Q\d+\. ", body):
-                continue  # the analysts' questions run on every warehouse: tests/contract/test_readme_queries.py
-            engine = body.strip().splitlines()[0].removeprefix("--").strip().split(":")[0].split(",")[0].lower()
-            assert engine == "clickhouse", f"a README sql block names no engine this test knows: {engine!r}"
-            import clickhouse_connect
-
-            client = clickhouse_connect.get_client(dsn=f"chdb:///{tmp_path / '.ledger' / 'clickhouse'}")
-            try:
-                results = [client.query(statement).result_rows for statement in _statements(body)]
-            finally:
-                client.close()
-            assert all(results), f"a README query returned nothing:\n{body}"
-            ran.append(body)
-    assert len(ran) >= 5
+    ran, sessions = [], []
+    try:
+        for kind, body in readme_blocks():
+            ran += _run_block(kind, body, tmp_path, env, sessions)
+    finally:
+        for session in sessions:  # what a block left running in the background (`ledgerctl serve … &`)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(session, signal.SIGTERM)
+    assert len(ran) >= 7
     assert (tmp_path / "warehouse.duckdb").exists()  # the relative path, resolved where it was typed
+
+
+def _run_block(kind: str, body: str, tmp_path: Path, env: dict, sessions: list[int]) -> list[str]:
+    if kind in ("sh", "python"):
+        if re.search(r"^make ", body, re.MULTILINE):
+            return []  # the two commands: see the module docstring
+        command = ["bash", "-c", "set -euo pipefail\n" + body] if kind == "sh" else [
+            str(ROOT / ".venv" / "bin" / "python"), "-c", body]
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        sessions.append(process.pid)
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, f"README block failed:\n{body}\nstdout:\n{out}\nstderr:\n{err}"
+        return [body]
+    if kind == "sql":
+        if re.match(r"-- Q\d+\. ", body):
+            return []  # the analysts' questions run on every warehouse: tests/contract/test_readme_queries.py
+        engine = body.strip().splitlines()[0].removeprefix("--").strip().split(":")[0].split(",")[0].lower()
+        assert engine == "clickhouse", f"a README sql block names no engine this test knows: {engine!r}"
+        import clickhouse_connect
+
+        client = clickhouse_connect.get_client(dsn=f"chdb:///{tmp_path / '.ledger' / 'clickhouse'}")
+        try:
+            results = [client.query(statement).result_rows for statement in _statements(body)]
+        finally:
+            client.close()
+        assert all(results), f"a README query returned nothing:\n{body}"
+        return [body]
+    return []
 
 
 @pytest.mark.slow

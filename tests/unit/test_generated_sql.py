@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ledger_pipelines.errors import InvalidExporterConfig
-from ledger_pipelines.loaders import DRIVERS
+from ledger_pipelines.loaders import DRIVERS, is_log_sink
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.loaders.bigquery import BigQueryLoader, script
 from ledger_pipelines.loaders.redshift import RedshiftLoader, copy_from_s3_sql
@@ -115,9 +115,11 @@ def test_bigquery_stages_money_as_digits_and_merges_in_one_transaction():
 
 
 def test_every_driver_is_listed_and_loads():
-    assert sorted(DRIVERS.modules) == ["bigquery", "clickhouse", "duckdb", "postgres", "redshift", "snowflake"]
+    assert sorted(DRIVERS.modules) == ["bigquery", "clickhouse", "duckdb", "http", "postgres", "redshift",
+                                       "snowflake"]
     for driver in DRIVERS.modules:
         assert DRIVERS.get(driver).driver == driver
+    assert [d for d in DRIVERS.modules if is_log_sink(d)] == ["http"]  # the one that is not a warehouse
 
 
 def test_the_analyst_views_are_window_sums_every_warehouse_runs():
