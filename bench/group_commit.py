@@ -39,8 +39,9 @@ def _transaction(client: int, i: int) -> NewTransaction:
     return NewTransaction.from_json({"postings": postings})
 
 
-def _ledger(url: str) -> str:
-    ledger = f"bench-group-{uuid.uuid4().hex[:8]}"
+def fresh_ledger(url: str, prefix: str = "bench-group") -> str:
+    """A new ledger with the hot account and the existing accounts funded."""
+    ledger = f"{prefix}-{uuid.uuid4().hex[:8]}"
     with connect(url) as conn:
         create_ledger(conn, ledger)
         write(conn, ledger, [NewTransaction.from_json({"postings": [
@@ -51,7 +52,7 @@ def _ledger(url: str) -> str:
 
 
 def run_case(url: str, mode: str, clients: int) -> dict:
-    ledger = _ledger(url)
+    ledger = fresh_ledger(url)
     per_client = REQUESTS[mode] // clients
     latencies: list[list[float]] = [[] for _ in range(clients)]
     barrier = threading.Barrier(clients + 1)
@@ -89,6 +90,18 @@ def run_case(url: str, mode: str, clients: int) -> dict:
             "p50_ms": statistics.median(every) * 1000, "p99_ms": every[int(len(every) * 0.99) - 1] * 1000}
 
 
+def print_against_one_per_request(title: str, results: list[dict]) -> None:
+    """The results table, each case against one commit per request with as many clients (added to each result)."""
+    by = {(r["mode"], r["clients"]): r for r in results}
+    for r in results:
+        r["vs_one_commit_per_request"] = r["tx_per_s"] / by[("one commit per request", r["clients"])]["tx_per_s"]
+    print_table(
+        title, ["mode", "clients", "requests", "tx/s", "commits", "vs one per request", "p50 ms", "p99 ms"],
+        [[r["mode"], r["clients"], r["requests"], r["tx_per_s"], r["commits"],
+          f"{r['vs_one_commit_per_request']:.1f}x", r["p50_ms"], r["p99_ms"]] for r in results],
+    )
+
+
 def main() -> None:
     url = bench_database_url()
     results = []
@@ -98,15 +111,8 @@ def main() -> None:
             r = results[-1]
             print(f"  {mode:>22}, {clients:>2} clients: {r['tx_per_s']:,.0f} tx/s in {r['commits']:,} commits, "
                   f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms", flush=True)
-    by = {(r["mode"], r["clients"]): r for r in results}
-    for r in results:
-        r["vs_one_commit_per_request"] = r["tx_per_s"] / by[("one commit per request", r["clients"])]["tx_per_s"]
-    print_table(
-        "Single-transaction requests: group commit against one commit per request",
-        ["mode", "clients", "requests", "tx/s", "commits", "vs one per request", "p50 ms", "p99 ms"],
-        [[r["mode"], r["clients"], r["requests"], r["tx_per_s"], r["commits"],
-          f"{r['vs_one_commit_per_request']:.1f}x", r["p50_ms"], r["p99_ms"]] for r in results],
-    )
+    print_against_one_per_request("Single-transaction requests: group commit against one commit per request",
+                                  results)
     settings = server_settings(url)
     print(f"server: {settings}")
     save("group_commit", {"server": settings, "results": results})

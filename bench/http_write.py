@@ -14,19 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_database_url, print_table, save, server_settings
+from bench.common import bench_database_url, save, server_settings
+from bench.group_commit import EXISTING_ACCOUNTS, fresh_ledger, print_against_one_per_request
 
-EXISTING_ACCOUNTS = 200
 CLIENTS = (1, 16, 64)
 SECONDS = 8.0  # per case: long enough for thousands of requests, short enough for the whole run
 MODES = {"one commit per request": ["--no-group-commit"], "group commit": [],
@@ -97,61 +96,32 @@ async def load(url: str, token: str, ledger: str, clients: int, seconds: float) 
 
 # -- the driver ---------------------------------------------------------------------------------------------------
 
-def _prepare(url: str) -> tuple[str, str]:
-    """A fresh ledger with the existing accounts, and a key's token source."""
+def _prepare(url: str) -> tuple[str, str, str]:
+    """A fresh ledger with the existing accounts, and a key for it (client id, secret)."""
     from ledger_api import auth
     from ledger_core.db import connect
-    from ledger_core.ledgers import create_ledger
     from ledger_core.migrations import migrate_all
-    from ledger_core.requests import NewTransaction
-    from ledger_core.writer import write
 
-    ledger = f"bench-http-{uuid.uuid4().hex[:8]}"
     with connect(url, check_schema=False) as conn:
         migrate_all(conn)
-        create_ledger(conn, ledger)
-        write(conn, ledger, [NewTransaction.from_json({"postings": [
-            {"source": "world", "destination": "hot", "amount": 10**12, "asset": "USD/2"},
-            *({"source": "world", "destination": f"users:{i}", "amount": 1, "asset": "USD/2"}
-              for i in range(EXISTING_ACCOUNTS))]})])
+    ledger = fresh_ledger(url, "bench-http")
+    with connect(url) as conn:
         key, secret = auth.create_key(conn, "bench", ledgers=[ledger])
-    return ledger, f"{key.client_id}:{secret}"
-
-
-def _serve(url: str, port: int, flags: list[str]) -> subprocess.Popen:
-    import httpx
-
-    process = subprocess.Popen([sys.executable, "-m", "ledger_core.cli", "serve", "--port", str(port), *flags],
-                               env={**os.environ, "LEDGER_DATABASE_URL": url}, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/_healthcheck", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("ledgerctl serve did not start")
+    return ledger, key.client_id, secret
 
 
 def run_case(url: str, mode: str, clients: int) -> dict:
-    import httpx
+    from tests.api.conftest import Key, start_server, stop, token
 
-    from tests.api.conftest import free_port
-
-    ledger, credentials = _prepare(url)
-    client_id, secret = credentials.split(":", 1)
-    port = free_port()
-    server = _serve(url, port, MODES[mode])
+    ledger, client_id, secret = _prepare(url)
+    server = start_server(url, Path(tempfile.mkdtemp(prefix="bench-http-")), *MODES[mode])
     try:
-        base = f"http://127.0.0.1:{port}"
-        token = httpx.post(f"{base}/oauth/token", data={"grant_type": "client_credentials", "client_id": client_id,
-                                                        "client_secret": secret}).json()["access_token"]
-        out = subprocess.run([sys.executable, __file__, "--load", base, token, ledger, str(clients), str(SECONDS)],
-                             capture_output=True, text=True, check=True)
+        bearer = token(server, Key(client_id, secret))
+        out = subprocess.run([sys.executable, __file__, "--load", server.url, bearer, ledger, str(clients),
+                              str(SECONDS)], capture_output=True, text=True, check=True)
         result = json.loads(out.stdout)
     finally:
-        server.terminate()
-        server.wait(30)
+        stop(server)
     from ledger_core.db import connect
 
     with connect(url) as conn:
@@ -172,15 +142,8 @@ def main() -> None:
                   f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, {r['failures']} failed", flush=True)
             if r["failures"]:
                 raise SystemExit(f"requests failed: {r['first_failure']}")
-    by = {(r["mode"], r["clients"]): r for r in results}
-    for r in results:
-        r["vs_one_commit_per_request"] = r["tx_per_s"] / by[("one commit per request", r["clients"])]["tx_per_s"]
-    print_table(
-        "HTTP: single-transaction requests to ledgerctl serve, group commit against one commit per request",
-        ["mode", "clients", "requests", "tx/s", "commits", "vs one per request", "p50 ms", "p99 ms"],
-        [[r["mode"], r["clients"], r["requests"], r["tx_per_s"], r["commits"],
-          f"{r['vs_one_commit_per_request']:.1f}x", r["p50_ms"], r["p99_ms"]] for r in results],
-    )
+    print_against_one_per_request(
+        "HTTP: single-transaction requests to ledgerctl serve, group commit against one commit per request", results)
     settings = server_settings(url)
     print(f"server: {settings}; load from a separate process (asyncio, keep-alive HTTP/1.1)")
     save("http_write", {"server": settings, "seconds_per_case": SECONDS, "results": results})

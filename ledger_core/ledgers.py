@@ -38,39 +38,31 @@ def create_ledger(conn: psycopg.Connection, name: str, meta: Any = None) -> Ledg
     return LedgerInfo(*row)
 
 
-def get_ledger(conn: psycopg.Connection, name: str) -> LedgerInfo:
+_COLUMNS = "name, created_at, metadata, last_log_id"
+
+
+def _one(conn: psycopg.Connection, name: str, sql: str, params: tuple[Any, ...]) -> LedgerInfo:
+    """The ledger row `sql` returns (its `{columns}` filled in), or LedgerNotFound."""
     ledger_name(name)
-    row = conn.execute(
-        "SELECT name, created_at, metadata, last_log_id FROM ledger_core.ledgers WHERE name = %s", (name,)
-    ).fetchone()
+    row = conn.execute(sql.format(columns=_COLUMNS), params).fetchone()
     if row is None:
         raise LedgerNotFound(name)
     return LedgerInfo(*row)
+
+
+def get_ledger(conn: psycopg.Connection, name: str) -> LedgerInfo:
+    return _one(conn, name, "SELECT {columns} FROM ledger_core.ledgers WHERE name = %s", (name,))
 
 
 def update_ledger_metadata(conn: psycopg.Connection, name: str, meta: Any) -> LedgerInfo:
     """Merge `meta` into the ledger's own metadata (not logged: it describes the ledger, not its money)."""
-    ledger_name(name)
-    row = conn.execute(
-        """UPDATE ledger_core.ledgers SET metadata = metadata || %s::jsonb WHERE name = %s
-           RETURNING name, created_at, metadata, last_log_id""",
-        (Jsonb(metadata(meta)), name),
-    ).fetchone()
-    if row is None:
-        raise LedgerNotFound(name)
-    return LedgerInfo(*row)
+    return _one(conn, name, "UPDATE ledger_core.ledgers SET metadata = metadata || %s::jsonb WHERE name = %s "
+                            "RETURNING {columns}", (Jsonb(metadata(meta)), name))
 
 
 def delete_ledger_metadata(conn: psycopg.Connection, name: str, key: str) -> LedgerInfo:
-    ledger_name(name)
-    row = conn.execute(
-        """UPDATE ledger_core.ledgers SET metadata = metadata - %s WHERE name = %s
-           RETURNING name, created_at, metadata, last_log_id""",
-        (text(key, field="key"), name),
-    ).fetchone()
-    if row is None:
-        raise LedgerNotFound(name)
-    return LedgerInfo(*row)
+    return _one(conn, name, "UPDATE ledger_core.ledgers SET metadata = metadata - %s WHERE name = %s "
+                            "RETURNING {columns}", (text(key, field="key"), name))
 
 
 def list_ledgers(conn: psycopg.Connection) -> list[LedgerInfo]:

@@ -27,16 +27,14 @@ import http.client
 import json
 import ssl
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 
 from ledger_core.export import rfc3339
 from ledger_pipelines.errors import DeliveryRefused, InvalidExporterConfig, TransientLoadError
-from ledger_pipelines.loaders.base import FaultHook
-from ledger_pipelines.loaders.config import ConfigField, check_config, resolve_secret
+from ledger_pipelines.loaders.config import ConfigField, Configured, FaultHook
 
 FORMATS = ("logs", "events")
 TRANSIENT_STATUSES = {408, 425, 429}
@@ -44,29 +42,11 @@ EVENT_TYPES = {"NEW_TRANSACTION": "COMMITTED_TRANSACTIONS", "SET_METADATA": "SAV
                "DELETE_METADATA": "DELETED_METADATA", "REVERTED_TRANSACTION": "REVERTED_TRANSACTION"}
 
 
-class LogSink:
+class LogSink(Configured):
     """A destination that receives logs as they are (no warehouse tables): the sync delivers each batch, then
     moves the cursor. Subclasses set `driver`, `config_fields` and implement `deliver`."""
 
-    driver: ClassVar[str]
-    config_fields: ClassVar[tuple[ConfigField, ...]]
     max_logs_per_delivery: int = 100
-
-    def __init__(self, config: Mapping[str, Any], environ: Mapping[str, str], fault: FaultHook | None = None):
-        self.config = self.validate(config)
-        self.environ = environ
-        self.fault: FaultHook = fault or (lambda point: None)
-
-    @classmethod
-    def validate(cls, config: Any) -> dict[str, Any]:
-        return check_config(cls.driver, cls.config_fields, config)
-
-    @classmethod
-    def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-        return config
-
-    def secret(self, key: str) -> Any:
-        return resolve_secret(self.driver, key, self.config.get(key), self.environ)
 
     def deliver(self, pipeline_id: str, ledger: str, logs: pa.Table) -> None:
         raise NotImplementedError

@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from functools import partial
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError, ValueOutOfRange
-from ledger_pipelines.loaders.config import ConfigField, check_config, resolve_secret
+from ledger_pipelines.loaders.config import Configured, FaultHook
 from ledger_pipelines.tables import (
     ALL_TABLES,
     BALANCES,
@@ -59,7 +58,6 @@ from ledger_pipelines.tables import (
 )
 
 # Called by the sync engine at named points of a load, so tests can fail a sync exactly there.
-FaultHook = Callable[[str], None]
 
 IN_LIST_CHUNK = 1000  # values per IN (…) list: within every warehouse's parameter limits
 
@@ -137,33 +135,14 @@ def from_warehouse(kind: Kind, value: Any) -> Any:
     return value
 
 
-class Loader(ABC):
+class Loader(Configured, ABC):
     """One warehouse, through its driver: `driver`, `dialect`, `config_fields`, and the edges named above."""
 
-    driver: ClassVar[str]
     dialect: ClassVar[Dialect]
-    config_fields: ClassVar[tuple[ConfigField, ...]]
 
     def __init__(self, config: Mapping[str, Any], environ: Mapping[str, str], fault: FaultHook | None = None):
-        self.config = self.validate(config)
-        self.environ = environ
+        super().__init__(config, environ, fault)
         self.schema: str = self.config.get("schema", "ledger")
-        self.fault: FaultHook = fault or (lambda point: None)
-
-    # -- config --------------------------------------------------------------------------------------
-
-    @classmethod
-    def validate(cls, config: Any) -> dict[str, Any]:
-        return check_config(cls.driver, cls.config_fields, config)
-
-    @classmethod
-    def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-        """At `exporters create`, once: resolve relative paths against `base_dir` (where the user typed them)
-        and check that what the config points at can be used. The result is what is stored."""
-        return config
-
-    def secret(self, key: str) -> Any:
-        return resolve_secret(self.driver, key, self.config.get(key), self.environ)
 
     # -- dialect facts, overridable per loader -------------------------------------------------------------
 
@@ -214,7 +193,7 @@ class Loader(ABC):
         """Put `data` (the batch's rows of `table`) where the merge reads them; return what the merge needs
         (a staging relation's name, usually)."""
 
-    def unstage(self, staged: Any) -> None:  # noqa: B027 - optional hook
+    def unstage(self, staged: Any) -> None:
         """Drop what `stage` made, if it outlives the load."""
 
     @contextmanager
@@ -306,7 +285,7 @@ class Loader(ABC):
             self.after_setup()
             self.create_analyst_views()
 
-    def after_setup(self) -> None:  # noqa: B027 - optional hook
+    def after_setup(self) -> None:
         """Views of a warehouse's own, or converting columns whose type a setting changed."""
 
     upgraded_from: int | None = None  # set by `ensure_schema` when it emptied tables built by an older version
@@ -550,7 +529,7 @@ class Loader(ABC):
 
     # -- lifetime --------------------------------------------------------------------------------------
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release the connection."""
 
     def __enter__(self) -> Loader:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ledger_core.errors import ValidationError
 from ledger_core.validation import text
@@ -133,3 +133,32 @@ def resolve_secret(driver: str, key: str, value: Any, environ: Mapping[str, str]
             raise MissingSecret(driver, key, value["env"])
         return found
     return value
+
+
+FaultHook = Callable[[str], None]  # called at named points of a sync; the tests raise there to simulate a crash
+
+
+class Configured:
+    """What every driver's class shares: its settings (`config_fields`), checked at creation and when opened,
+    the paths in them resolved once (`prepare`), and its secrets read from the environment only when it runs."""
+
+    driver: ClassVar[str]
+    config_fields: ClassVar[tuple[ConfigField, ...]]
+
+    def __init__(self, config: Mapping[str, Any], environ: Mapping[str, str], fault: FaultHook | None = None):
+        self.config = self.validate(config)
+        self.environ = environ
+        self.fault: FaultHook = fault or (lambda point: None)
+
+    @classmethod
+    def validate(cls, config: Any) -> dict[str, Any]:
+        return check_config(cls.driver, cls.config_fields, config)
+
+    @classmethod
+    def prepare(cls, config: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+        """At `exporters create`, once: resolve relative paths against `base_dir` (where the user typed them)
+        and check that what the config points at can be used. The result is what is stored."""
+        return config
+
+    def secret(self, key: str) -> Any:
+        return resolve_secret(self.driver, key, self.config.get(key), self.environ)

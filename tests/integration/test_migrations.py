@@ -130,8 +130,8 @@ def test_commands_never_migrate_and_say_what_to_run(pg_admin_url):
         assert conn.execute("SELECT to_regnamespace('ledger_core')").fetchone() == (None,)
     migrated = _ledgerctl(url, "db", "migrate")
     assert migrated.returncode == 0, migrated.stderr
-    assert json.loads(migrated.stdout)["versions"] == {"core": len(CORE_MIGRATIONS), "pipelines": 3}
-    assert json.loads(_ledgerctl(url, "db", "migrate").stdout)["applied"] == {"core": 0, "pipelines": 0}
+    assert json.loads(migrated.stdout)["versions"] == {"core": len(CORE_MIGRATIONS), "pipelines": 3, "api": 1}
+    assert json.loads(_ledgerctl(url, "db", "migrate").stdout)["applied"] == {"core": 0, "pipelines": 0, "api": 0}
     assert _ledgerctl(url, "ledgers", "list").stdout.strip() == "[]"
     with psycopg.connect(url, autocommit=True) as conn:  # a database migrated by a newer release
         conn.execute("INSERT INTO ledger_core.schema_migrations (component, version) VALUES ('core', 99)")
