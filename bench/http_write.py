@@ -1,8 +1,8 @@
 """HTTP writes: 1, 16 and 64 concurrent clients posting single 2-posting transactions to `ledgerctl serve`.
 
 The server runs as `ledgerctl serve` on the durable bench server: without group commit (`--no-group-commit`:
-each request commits alone), with it, and with it in 2 server processes (`--workers 2`), in the same run, on
-fresh ledgers. The load comes from a
+each request commits alone), with it (one HTTP process and the writer process), and with 2 HTTP processes
+feeding the one writer process (`--workers 2`), in the same run, on fresh ledgers. The load comes from a
 separate process (this file with `--load`): asyncio clients, each on its own keep-alive connection, sending one request
 at a time and waiting for its answer. Half the transactions credit an account that does not exist yet, the
 others one of 200 existing accounts, and every fourth also pays one hot account. Reported: tx/s over the case,
@@ -29,7 +29,7 @@ from bench.group_commit import EXISTING_ACCOUNTS, fresh_ledger, print_against_on
 CLIENTS = (1, 16, 64)
 SECONDS = 8.0  # per case: long enough for thousands of requests, short enough for the whole run
 MODES = {"one commit per request": ["--no-group-commit"], "group commit": [],
-         "group commit, 2 processes": ["--workers", "2"]}
+         "group commit, 2 HTTP processes": ["--workers", "2"]}
 
 
 def body(client: int, i: int) -> bytes:

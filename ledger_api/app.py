@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -69,6 +70,18 @@ BUCKET = "_default"  # Formance groups ledgers in buckets; here every ledger liv
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"errorCode": code, "errorMessage": " ".join(message.split())}, status_code=status)
+
+
+def error_answer(exc: LedgerError | ApiError | psycopg.OperationalError) -> JSONResponse:
+    """The answer to a refusal of the ledger's, of the API's, or to a database out of reach."""
+    if isinstance(exc, LedgerError):
+        return error_response(STATUS.get(exc.error_code, 400), exc.error_code, str(exc))
+    if isinstance(exc, InvalidClient | InvalidTokenRequest):  # the token endpoint answers as RFC 6749 says
+        return JSONResponse({"error": exc.error_code, "error_description": str(exc)}, status_code=exc.status)
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.error_code, str(exc))
+    log.warning("database unreachable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+    return error_response(503, "DATABASE_UNAVAILABLE", "the ledger database cannot be reached; retry shortly")
 
 
 # -- body limit: a pure ASGI wrapper, so an oversized body is refused before it is read into memory ------------
@@ -148,14 +161,18 @@ oauth2 = OAuth2(flows=OAuthFlows(clientCredentials=OAuthFlowClientCredentials(
     tokenUrl="/oauth/token", scopes={READ: "read ledgers", WRITE: "write ledgers"})), auto_error=False)
 
 
-async def _principal(request: Request, authorization: Annotated[str | None, Security(oauth2)]) -> Principal:
+async def principal_of(server: Server, authorization: str | None) -> Principal:
     # In the event loop: checking a token is CPU only; the key's row is read (in a thread) every few seconds.
-    authority = server_of(request).authority
+    authority = server.authority
     client_id, scopes = authority.token_claims(authorization)
     key = authority.cached_key(client_id)
     if key is STALE:
         key = await run_in_threadpool(authority.current_key, client_id)
     return authority.principal(key, scopes)  # type: ignore[arg-type]
+
+
+async def _principal(request: Request, authorization: Annotated[str | None, Security(oauth2)]) -> Principal:
+    return await principal_of(server_of(request), authorization)
 
 
 _SCOPED = {False: Security(_principal, scopes=[READ]), True: Security(_principal, scopes=[WRITE])}
@@ -175,6 +192,44 @@ Writer = Depends(_needs(True))
 
 def server_of(request: Request) -> Server:
     return request.app.state.server
+
+
+async def created_transaction(server: Server, ledger: str, body: Any, idempotency_key: str | None, *,
+                              force: bool = False, dry_run: bool = False) -> JSONResponse:
+    command = NewTransaction.from_json(body, idempotency_key=idempotency_key, force=force)
+    result = await server.write_one(ledger, command, dry_run=dry_run)
+    return JSONResponse({"data": result.to_json()})
+
+
+class HotPath:
+    """`POST /v2/{ledger}/transactions` with no query string, answered without FastAPI's routing and dependency
+    resolution: it is the request applications send most, and there the framework cost the server more CPU
+    than the write itself (bench/http_write.py). Same checks, same functions, same answers as the routed
+    `create_transaction`, which serves the route's other forms (`?dryRun=true`, `?force=true`) and documents
+    it; a test sends each answer both ways and compares."""
+
+    PATH = re.compile(r"/v2/([^/]+)/transactions")
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = None
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope["query_string"]:
+            match = self.PATH.fullmatch(scope["path"])
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        server: Server = scope["app"].state.server
+        try:
+            principal = await principal_of(server, request.headers.get("authorization"))
+            principal.require(match[1], write=True)
+            response = await created_transaction(server, match[1], await json_body(request),
+                                                 request.headers.get("idempotency-key"))
+        except (LedgerError, ApiError, psycopg.OperationalError) as exc:
+            response = error_answer(exc)
+        await response(scope, receive, send)
 
 
 # -- shapes -------------------------------------------------------------------------------------------------
@@ -282,9 +337,8 @@ def ledger_routes() -> APIRouter:
         force: bool = False, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
         _: Principal = Writer,
     ) -> dict[str, Any]:
-        command = NewTransaction.from_json(await json_body(request), idempotency_key=idempotency_key, force=force)
-        result = await server_of(request).write_one(ledger, command, dry_run=dry_run)
-        return JSONResponse({"data": result.to_json()})
+        return await created_transaction(server_of(request), ledger, await json_body(request), idempotency_key,
+                                         force=force, dry_run=dry_run)
 
     @r.get("/{ledger}/transactions", tags=["transactions"], summary="List transactions, newest first",
            openapi_extra=doc("V2TransactionCursorResponse", body="V2Filter", body_required=False))
@@ -637,14 +691,10 @@ def create_app(settings: Settings) -> FastAPI:
                       summary="OAuth2 client credentials: an API key's id and secret for a bearer token")
 
     @app.exception_handler(LedgerError)
-    async def ledger_error(_: Request, exc: LedgerError) -> JSONResponse:
-        return error_response(STATUS.get(exc.error_code, 400), exc.error_code, str(exc))
-
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        if isinstance(exc, InvalidClient | InvalidTokenRequest):  # the token endpoint answers as RFC 6749 says
-            return JSONResponse({"error": exc.error_code, "error_description": str(exc)}, status_code=exc.status)
-        return error_response(exc.status, exc.error_code, str(exc))
+    @app.exception_handler(psycopg.OperationalError)
+    async def refused(_: Request, exc: LedgerError | ApiError | psycopg.OperationalError) -> JSONResponse:
+        return error_answer(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -657,11 +707,6 @@ def create_app(settings: Settings) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "request"
         return error_response(400, "VALIDATION", f"{where}: {first.get('msg', 'invalid')}")
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def database_down(_: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        log.warning("database unreachable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
-        return error_response(503, "DATABASE_UNAVAILABLE", "the ledger database cannot be reached; retry shortly")
 
     def document() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -683,6 +728,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = document  # type: ignore[method-assign]
     _add_pipeline_errors(app)
+    app.add_middleware(HotPath)  # type: ignore[arg-type]
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # type: ignore[arg-type]
     app.add_middleware(StackPaths)  # type: ignore[arg-type]
     return app

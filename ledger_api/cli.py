@@ -28,7 +28,7 @@ def register(context: Any) -> None:
     @click.option("--token-seconds", default=auth.TOKEN_SECONDS, show_default=True, type=click.IntRange(1),
                   help="How long a bearer token from /oauth/token is valid.")
     @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-                  help="Server processes; each gathers its own writes (the ledger's lock orders them).")
+                  help="HTTP processes; with group commit, all send their writes to one writer process.")
     @handles_errors
     def serve(host: str, port: int, group_commit: bool, max_body_bytes: int, token_seconds: int,
               workers: int) -> None:
@@ -37,22 +37,28 @@ def register(context: Any) -> None:
 
         from ledger_api.app import SETTINGS_VARIABLE, create_app
         from ledger_api.server import Settings
+        from ledger_api.writer_process import WriterProcess
 
         url = database_url()
         with open_db() as conn:
             auth.require_schema(conn)  # refuse to start on a database `ledgerctl db migrate` has not prepared
-        settings = Settings(url, group_commit=group_commit, max_body_bytes=max_body_bytes,
-                            token_seconds=token_seconds)
-        click.echo(f"ledgerctl: serving the ledger API on http://{host}:{port} with {workers} process(es) "
-                   "(OpenAPI at /openapi.json)", err=True)
+        writer = WriterProcess(url).start() if group_commit else None
+        settings = Settings(url, writer_socket=str(writer.socket_path) if writer else None,
+                            max_body_bytes=max_body_bytes, token_seconds=token_seconds)
+        click.echo(f"ledgerctl: serving the ledger API on http://{host}:{port} with {workers} HTTP process(es)"
+                   f"{' and a writer process' if writer else ''} (OpenAPI at /openapi.json)", err=True)
         # No access log: tokens travel in headers and client secrets in bodies, and neither may reach a log.
         options: dict[str, Any] = {"host": host, "port": port, "log_level": logging.WARNING, "access_log": False,
                                    "server_header": False}
-        if workers == 1:
-            uvicorn.run(create_app(settings), **options)
-        else:
-            os.environ[SETTINGS_VARIABLE] = json.dumps(asdict(settings))
-            uvicorn.run("ledger_api.app:app_from_environment", factory=True, workers=workers, **options)
+        try:
+            if workers == 1:
+                uvicorn.run(create_app(settings), **options)
+            else:
+                os.environ[SETTINGS_VARIABLE] = json.dumps(asdict(settings))
+                uvicorn.run("ledger_api.app:app_from_environment", factory=True, workers=workers, **options)
+        finally:
+            if writer is not None:
+                writer.stop()
 
     @cli.group()
     def keys() -> None:

@@ -1,26 +1,27 @@
-"""What one API server process holds: its connections, its token authority, the group committer, its limits.
+"""What one API server process holds: its connections, its token authority, its link to the writer process, its limits.
 
-Reads take a pooled connection in a worker thread. Writes go to the group committer (one writer thread per
-ledger gathers concurrent requests into one database transaction), or, with group commit off, each takes a
-pooled connection and commits alone: the server can be measured both ways (bench/http_write.py).
+Reads take a pooled connection in a worker thread. Writes go to the writer process (`writer_process`: one
+process of the server gathers every HTTP process's concurrent requests into one database transaction per
+ledger), or, with group commit off, each takes a pooled connection and commits alone: the server can be
+measured both ways (bench/http_write.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import queue
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from starlette.concurrency import run_in_threadpool
 
 from ledger_api import MAX_BODY_BYTES
 from ledger_api.auth import TOKEN_SECONDS, Authority
+from ledger_api.writer_process import WriterClient
 from ledger_core.db import connect
-from ledger_core.group_commit import GroupCommitter
 from ledger_core.ledgers import get_ledger
 from ledger_core.requests import Command
 from ledger_core.validation import ledger_name
@@ -30,7 +31,7 @@ from ledger_core.writer import WriteResult, write
 @dataclass(frozen=True)
 class Settings:
     database_url: str
-    group_commit: bool = True
+    writer_socket: str | None = None  # the writer process's socket; None: each write commits alone
     max_body_bytes: int = MAX_BODY_BYTES
     token_seconds: int = TOKEN_SECONDS
     pool_size: int = 16
@@ -77,7 +78,7 @@ class Server:
         self.settings = settings
         self.pool = ConnectionPool(settings.database_url, settings.pool_size)
         self.authority = Authority(self.pool.connection, token_seconds=settings.token_seconds)
-        self.committer = GroupCommitter(settings.database_url) if settings.group_commit else None
+        self.writer = WriterClient(Path(settings.writer_socket)) if settings.writer_socket else None
         self._ledgers: set[str] = set()  # known to exist (ledgers are never deleted)
 
     async def run(self, func, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -95,11 +96,11 @@ class Server:
 
     async def write_one(self, ledger: str, command: Command, *, dry_run: bool = False) -> WriteResult:
         """One command, gathered with concurrent ones into a shared transaction when group commit is on."""
-        if self.committer is None or dry_run:
+        if self.writer is None or dry_run:
             [result] = await self.write(ledger, [command], dry_run=dry_run)
             return result
         await self.known_ledger(ledger)  # so a request for a ledger that does not exist starts no writer thread
-        return await asyncio.wrap_future(self.committer.submit(ledger, command))
+        return await self.writer.write(ledger, command)
 
     async def known_ledger(self, ledger: str) -> None:
         if ledger in self._ledgers:
@@ -109,7 +110,7 @@ class Server:
         self._ledgers.add(ledger)
 
     def close(self) -> None:
-        if self.committer is not None:
-            self.committer.close()
+        if self.writer is not None:
+            self.writer.close()
         self.pool.close()
 

@@ -12,6 +12,18 @@ class LedgerError(Exception):
     error_code = "INTERNAL"
     command_index: int | None = None  # set by the writer: which command of a write was refused (0-based)
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its message and fields, not by calling __init__ again (whose arguments differ per class),
+        # so a refusal crosses processes whole: the API's writer process sends them to its HTTP processes.
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild(cls: type[LedgerError], args: tuple, fields: dict) -> LedgerError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(fields)
+    return error
+
 
 class ValidationError(LedgerError):
     """Input that breaks a rule of the ledger; nothing was written."""

@@ -159,10 +159,14 @@ class _Batch:
         if exists.fetchone() is None:
             raise LedgerNotFound(self.ledger)
         self._load_originals()
-        self._lock_volumes()
-        self._lock_ledger()
-        self._check_conflicts()
-        self._load_accounts()
+        # Lock what the batch touches, then read what decides it: sent together, in this order, one round trip.
+        pairs = sorted(self._touched_pairs())
+        with self.conn.pipeline():
+            volumes = self._lock_volumes(pairs)
+            ledger = self._lock_ledger()
+            conflicts = self._check_conflicts()
+            accounts = self._load_accounts(pairs)
+        self._read_locked(volumes, ledger, conflicts, accounts)
         for index, command in enumerate(self.commands):
             try:
                 self._apply(index, command)
@@ -202,10 +206,9 @@ class _Batch:
                 pairs.add((p.destination, p.asset))
         return pairs
 
-    def _lock_volumes(self) -> None:
-        pairs = sorted(self._touched_pairs())
+    def _lock_volumes(self, pairs: list[tuple[str, str]]) -> psycopg.Cursor | None:
         if not pairs:
-            return
+            return None
         accounts = [a for a, _ in pairs]
         assets = [s for _, s in pairs]
         self.conn.execute(
@@ -214,75 +217,78 @@ class _Batch:
                ON CONFLICT DO NOTHING""",
             (self.ledger, accounts, assets),
         )
-        rows = self.conn.execute(
+        return self.conn.execute(
             """SELECT v.account, v.asset, v.input::text, v.output::text
                FROM ledger_core.volumes v JOIN unnest(%s::text[], %s::text[]) AS u(a, s)
                  ON v.account = u.a AND v.asset = u.s
                WHERE v.ledger = %s ORDER BY v.account, v.asset FOR UPDATE OF v""",
             (accounts, assets, self.ledger),
-        ).fetchall()
-        for account, asset, input_, output in rows:
-            self.volumes[(account, asset)] = _VolumeState(int(input_), int(output))
+        )
 
-    def _lock_ledger(self) -> None:
-        row = self.conn.execute(
+    def _lock_ledger(self) -> psycopg.Cursor:
+        return self.conn.execute(
             """SELECT last_log_id, last_log_hash, last_transaction_id,
                       greatest(clock_timestamp(), last_log_date)
                FROM ledger_core.ledgers WHERE name = %s FOR NO KEY UPDATE""",
             (self.ledger,),
-        ).fetchone()
-        assert row is not None
-        self.last_log_id: int = row[0]
-        self.last_hash: bytes | None = bytes(row[1]) if row[1] is not None else None
-        self.last_transaction_id: int = row[2]
-        self.date: datetime = row[3]
+        )
 
-    def _check_conflicts(self) -> None:
-        """Read, under the ledger lock, what decides idempotency, references and reverts."""
+    def _check_conflicts(self) -> tuple[psycopg.Cursor | None, psycopg.Cursor | None, psycopg.Cursor | None]:
+        """Ask, under the ledger lock, what decides idempotency, references and reverts."""
         keys = sorted({c.idempotency_key for c in self.commands if c.idempotency_key})
-        self.previous_by_key: dict[str, tuple[bytes, Log]] = {}
-        if keys:
-            rows = self.conn.execute(
+        references = sorted({c.reference for c in self.commands if isinstance(c, NewTransaction) and c.reference})
+        return (
+            self.conn.execute(
                 """SELECT idempotency_key, idempotency_hash, id, type, date, data, hash
                    FROM ledger_core.logs WHERE ledger = %s AND idempotency_key = ANY(%s)""",
                 (self.ledger, keys),
-            ).fetchall()
-            for key, fingerprint, log_id, log_type, date, data, hash_ in rows:
-                log = Log(self.ledger, log_id, LogType(log_type), date, data, bytes(hash_), key)
-                self.previous_by_key[key] = (bytes(fingerprint), log)
-        references = sorted({c.reference for c in self.commands if isinstance(c, NewTransaction) and c.reference})
-        self.taken_references: dict[str, int] = {}
-        if references:
-            rows = self.conn.execute(
+            ) if keys else None,
+            self.conn.execute(
                 "SELECT reference, id FROM ledger_core.transactions WHERE ledger = %s AND reference = ANY(%s)",
                 (self.ledger, references),
-            ).fetchall()
-            self.taken_references = {ref: tx_id for ref, tx_id in rows}
-        if self.originals:
+            ) if references else None,
             # Re-read what may have changed while we waited for the lock.
-            rows = self.conn.execute(
+            self.conn.execute(
                 "SELECT id, reverted_at, metadata FROM ledger_core.transactions WHERE ledger = %s AND id = ANY(%s)",
                 (self.ledger, sorted(self.originals)),
-            ).fetchall()
-            for tx_id, reverted_at, metadata in rows:
-                self.originals[tx_id].reverted_at = reverted_at
-                self.originals[tx_id].metadata = dict(metadata)
+            ) if self.originals else None,
+        )
 
-    def _load_accounts(self) -> None:
-        addresses: set[str] = {a for a, _ in self.volumes}
+    def _load_accounts(self, pairs: list[tuple[str, str]]) -> psycopg.Cursor | None:
+        addresses: set[str] = {a for a, _ in pairs}
         for command in self.commands:
             if isinstance(command, NewTransaction):
                 addresses |= set(command.account_metadata)
             elif isinstance(command, SetMetadata | DeleteMetadata) and command.target_type is TargetType.ACCOUNT:
                 addresses.add(str(command.target_id))
         if not addresses:
-            return
-        rows = self.conn.execute(
+            return None
+        return self.conn.execute(
             """SELECT address, metadata, first_usage, insertion_date FROM ledger_core.accounts
                WHERE ledger = %s AND address = ANY(%s)""",
             (self.ledger, sorted(addresses)),
-        ).fetchall()
-        for address, metadata, first_usage, insertion_date in rows:
+        )
+
+    def _read_locked(self, volumes: psycopg.Cursor | None, ledger: psycopg.Cursor,
+                     conflicts: tuple[psycopg.Cursor | None, ...], accounts: psycopg.Cursor | None) -> None:
+        for account, asset, input_, output in volumes.fetchall() if volumes else ():
+            self.volumes[(account, asset)] = _VolumeState(int(input_), int(output))
+        row = ledger.fetchone()
+        assert row is not None
+        self.last_log_id: int = row[0]
+        self.last_hash: bytes | None = bytes(row[1]) if row[1] is not None else None
+        self.last_transaction_id: int = row[2]
+        self.date: datetime = row[3]
+        by_key, by_reference, originals = conflicts
+        self.previous_by_key: dict[str, tuple[bytes, Log]] = {}
+        for key, fingerprint, log_id, log_type, date_, data, hash_ in by_key.fetchall() if by_key else ():
+            log = Log(self.ledger, log_id, LogType(log_type), date_, data, bytes(hash_), key)
+            self.previous_by_key[key] = (bytes(fingerprint), log)
+        self.taken_references: dict[str, int] = dict(by_reference.fetchall()) if by_reference else {}
+        for tx_id, reverted_at, metadata in originals.fetchall() if originals else ():
+            self.originals[tx_id].reverted_at = reverted_at
+            self.originals[tx_id].metadata = dict(metadata)
+        for address, metadata, first_usage, insertion_date in accounts.fetchall() if accounts else ():
             self.accounts[address] = _AccountState(dict(metadata), first_usage, insertion_date)
 
     # -- applying one command -------------------------------------------------------------------------
@@ -502,6 +508,12 @@ class _Batch:
         ) as copy:
             for log_row in self.logs:
                 copy.write_row(log_row)
+        # The statements left need no answer but success: one round trip for all of them.
+        with conn.pipeline():
+            self._flush_state()
+
+    def _flush_state(self) -> None:
+        conn = self.conn
         if self.volumes:
             items = sorted(self.volumes.items())
             conn.execute(
