@@ -240,6 +240,11 @@ def run_shape(base: str, shape: str) -> list[dict]:
         for name, (function, *args) in ways.items():
             full[name] = isolated(function, *args, state=states[name])
             print(f"  full  {name}: {full[name]}", flush=True)
+        if "ours -> PostgreSQL" in ways and not full["ours -> PostgreSQL"]["error"]:
+            floor = postgres_floor(warehouse_url)
+            print(f"  PostgreSQL's own ingestion of the same rows (COPY into empty tables of the same definition, "
+                  f"one transaction): {floor:.2f}s", flush=True)
+            full["ours -> PostgreSQL"]["postgres_floor_seconds"] = floor
         with connect(url) as conn:
             fill(conn, shape, TRANSACTIONS, TRANSACTIONS // 10, rng)
             rows_incremental = source_rows(conn) - rows_full
@@ -259,6 +264,33 @@ def run_shape(base: str, shape: str) -> list[dict]:
                             "rows_per_s": rows / seconds if seconds else None,
                             "vs_ceiling": ceiling / seconds if seconds and ceiling else None})
     return results
+
+
+def postgres_floor(warehouse_url: str) -> float:
+    """What PostgreSQL itself takes to ingest what ours loaded: every warehouse table's rows, copied out as CSV,
+    then COPYed (timed) into empty tables of the same definition (keys, types, JSONB) in one transaction. A
+    floor for any loader into this server: no transform, no merge, nothing read back."""
+    with connect(warehouse_url, check_schema=False) as conn:
+        tables = [t for (t,) in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'ledger' "
+            "AND table_type = 'BASE TABLE' AND table_name <> 'sync_state' ORDER BY table_name")]
+        dumps = {}
+        for table in tables:
+            with conn.cursor().copy(f"COPY ledger.{table} TO STDOUT WITH (FORMAT csv)") as copy:
+                dumps[table] = b"".join(bytes(chunk) for chunk in copy)
+        conn.execute("DROP SCHEMA IF EXISTS floor CASCADE")
+        conn.execute("CREATE SCHEMA floor")
+        for table in tables:
+            conn.execute(f"CREATE TABLE floor.{table} (LIKE ledger.{table} INCLUDING ALL)")
+        started = time.perf_counter()
+        with conn.transaction():
+            for table, data in dumps.items():
+                with conn.cursor().copy(f"COPY floor.{table} FROM STDIN WITH (FORMAT csv)") as copy:
+                    for start in range(0, len(data), 1 << 20):
+                        copy.write(data[start:start + (1 << 20)])
+        elapsed = time.perf_counter() - started
+        conn.execute("DROP SCHEMA floor CASCADE")
+    return elapsed
 
 
 def check_every_log_arrived(url: str, warehouse_url: str, workdir: Path, finished: dict) -> None:
@@ -300,6 +332,11 @@ def main() -> None:
     for r in results:
         if r["phase"] == "full" and r["peak_mib_by_batch"]:
             print(f"  {r['shape']}, {r['way']}: {r['peak_mib_by_batch']}")
+    for r in results:
+        if r.get("postgres_floor_seconds"):
+            print(f"  {r['shape']}: ours -> PostgreSQL {r['seconds']:.1f}s in full, "
+                  f"{r['warehouse_seconds']:.1f}s of it in the warehouse; PostgreSQL's own ingestion of the "
+                  f"same rows: {r['postgres_floor_seconds']:.1f}s")
     save("sync", {"transactions": TRANSACTIONS, "batch_size": DEFAULT_BATCH_SIZE, "results": results})
 
 

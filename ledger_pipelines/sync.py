@@ -330,9 +330,9 @@ def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pip
 def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, after: int, up_to: int, limit: int,
                       previous: bytes | None, previous_version: int) -> Iterator[Prepared]:
     """The logs `after < id <= up_to` in contiguous batches, each checked link by link (continuing from the
-    hash `previous` of log `after`) before it is handed over, unpacked. The next batch is read, checked and
-    unpacked on a worker thread while the caller loads this one: PostgreSQL, the check, the transforms and the
-    warehouse work at the same time."""
+    hash `previous` of log `after`) before it is handed over, unpacked, its BATCH_ONLY tables computed. The next
+    batch is read, checked and prepared on a worker thread while the caller folds and loads this one: PostgreSQL,
+    the check, the transforms and the warehouse work at the same time."""
 
     def read(after: int, previous: bytes | None, previous_version: int) -> Prepared:
         # No runt batch: what would be left after this one, if under a quarter of a batch, comes with it.
@@ -340,7 +340,7 @@ def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, 
         logs = reader.read(ledger, after=after, up_to=up_to, limit=left if left <= limit * 5 // 4 else limit)
         if not logs.num_rows:
             raise LogGap(ledger, after + 1, after)
-        prepared = transformer.prepare(logs)
+        prepared = transformer.prepare(logs, ledger)
         # Every link, recomputed set-based; only a batch where that finds a mismatch (a version-1 log counts as
         # one) is checked log by log, which gives the verdict and names the log.
         if not transformer.links_hold(ledger, logs, previous):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -274,12 +274,20 @@ _BASE_KEYS = {
 _BASE_WITHIN = {DAILY_VOLUMES.name: ("day", "SELECT min(day), max(day) FROM move_rows")}
 
 
+# Tables computed from the batch's logs alone, with no warehouse row to start from: `prepare` computes them
+# when told the ledger, on the sync's worker thread, while the previous batch loads.
+BATCH_ONLY = (LOGS, POSTINGS, MOVES, BALANCES)
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """A batch of logs unpacked into its own schema of the transformer's database (see `Transformer.prepare`)."""
+    """A batch of logs unpacked into its own schema of the transformer's database (see `Transformer.prepare`),
+    with its BATCH_ONLY tables when prepared for a ledger."""
 
     logs: pa.Table
     schema: str
+    ledger: str | None = None
+    tables: dict[str, pa.Table] = field(default_factory=dict)
 
 
 class Transformer:
@@ -304,16 +312,19 @@ class Transformer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def prepare(self, logs: pa.Table) -> Prepared:
-        """Unpack a contiguous batch of logs (the reader's Arrow table); safe to call from any thread."""
+    def prepare(self, logs: pa.Table, ledger: str | None = None) -> Prepared:
+        """Unpack a contiguous batch of logs (the reader's Arrow table), and with `ledger` compute its BATCH_ONLY
+        tables too; safe to call from any thread."""
         if not logs.num_rows:
             raise ValueError("transform needs at least one log")
-        prepared = Prepared(logs, f"batch_{next(self._batches)}")
+        prepared = Prepared(logs, f"batch_{next(self._batches)}", ledger)
         with self._db.cursor() as db:
             db.execute(f"SET TimeZone = 'UTC'; CREATE SCHEMA {prepared.schema}; SET schema = '{prepared.schema}'")
             # Small record batches let DuckDB unpack the JSON on every core.
             db.register("log", pa.Table.from_batches(logs.to_batches(max_chunksize=1024)))
             db.execute(_PREPARE)
+            if ledger is not None:
+                prepared.tables.update({table.name: _computed(db, table, ledger) for table in BATCH_ONLY})
         return prepared
 
     def links_hold(self, ledger: str, logs: pa.Table, previous: bytes | None) -> bool:
@@ -339,7 +350,9 @@ class Transformer:
             for name, schema in _BASE_SCHEMAS.items():
                 db.register(f"base_{name}", self._base_rows(ledger, name, schema, fetch_current))
             self._refuse_missing_transactions()
-            tables = {table.name: self._table(table, ledger) for table in DATA_TABLES}
+            ahead = prepared.tables if prepared.ledger == ledger else {}
+            tables = {table.name: ahead[table.name] if table.name in ahead else _computed(db, table, ledger)
+                      for table in DATA_TABLES}
         finally:
             for name in ("log", *(f"base_{n}" for n in _BASE_SCHEMAS)):
                 db.unregister(name)
@@ -370,9 +383,10 @@ class Transformer:
             raise MissingBaseRow(f"log {log_id} changes transaction {tx_id}, which the warehouse does not hold; "
                                  "reset the pipeline to 0 to rebuild it")
 
-    def _table(self, table: Table, ledger: str) -> pa.Table:
-        data = self._db.sql(_TABLE_SQL[table.name], params={"ledger": ledger}).to_arrow_table()
-        return data.select(table.column_names)
+
+
+def _computed(db: duckdb.DuckDBPyConnection, table: Table, ledger: str) -> pa.Table:
+    return db.sql(_TABLE_SQL[table.name], params={"ledger": ledger}).to_arrow_table().select(table.column_names)
 
 
 def _check_money(tables: dict[str, pa.Table], digits: int) -> None:

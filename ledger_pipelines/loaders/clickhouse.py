@@ -26,7 +26,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from clickhouse_connect.driver import exceptions as ch_errors
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
 from ledger_pipelines.loaders.base import Dialect, Loader
 from ledger_pipelines.loaders.config import PORT_BOUNDS, ConfigField, local_path
-from ledger_pipelines.tables import ALL_TABLES, MONEY_DIGITS, Kind, Table
+from ledger_pipelines.tables import ALL_TABLES, ARROW_TYPES, MONEY_DIGITS, Kind, Table
 
 DIALECT = Dialect(
     name="clickhouse",
@@ -136,6 +136,28 @@ class ClickHouseLoader(Loader):
     def merge(self, table: Table, staged: pa.Table) -> None:
         if staged.num_rows:
             self.client.insert_arrow(table.name, staged, database=self.schema)
+
+    def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any],
+                      within: tuple[str, Any, Any] | None = None) -> pa.Table:
+        """One query for all the wanted keys (an array parameter), answered in Arrow: no Python per row (the
+        row-by-row read cost a full sync more than ClickHouse's own inserts). Money comes as its digits."""
+        column = next(k for k in table.key if k != "ledger")
+        kind = next(c.kind for c in table.columns if c.name == column)
+        selected = ", ".join(f"toString({self.ident(c.name)})" if c.kind is Kind.MONEY else self.ident(c.name)
+                             for c in table.columns)
+        where = (f"{self.ident('ledger')} = {{ledger:String}} AND "
+                 f"{self.ident(column)} IN {{keys:Array({self.column_type(kind)})}}")
+        params: dict[str, Any] = {"ledger": ledger, "keys": list(keys)}
+        if within is not None:
+            bound_kind = next(c.kind for c in table.columns if c.name == within[0])
+            where += (f" AND {self.ident(within[0])} BETWEEN {{low:{self.column_type(bound_kind)}}} "
+                      f"AND {{high:{self.column_type(bound_kind)}}}")
+            params |= {"low": within[1], "high": within[2]}
+        with translate_errors():
+            rows = self.client.query_arrow(f"SELECT {selected} FROM {self.relation(table)} WHERE {where}",
+                                           parameters=params, use_strings=True)
+        return pa.Table.from_arrays([rows.column(i).cast(ARROW_TYPES[c.kind]) for i, c in enumerate(table.columns)],
+                                    schema=table.arrow_schema)
 
     def create_schema_sql(self) -> str:
         return f"CREATE DATABASE IF NOT EXISTS {self.ident(self.schema)}"

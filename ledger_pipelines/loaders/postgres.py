@@ -19,12 +19,13 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import Dialect, Loader, from_warehouse
+from ledger_pipelines.loaders.base import Dialect, Loader
 from ledger_pipelines.loaders.config import PORT_BOUNDS, ConfigField
-from ledger_pipelines.tables import Kind, Table
+from ledger_pipelines.tables import ARROW_TYPES, Kind, Table
 
 DIALECT = Dialect(
     name="postgres",
@@ -159,20 +160,42 @@ class PostgresLoader(Loader):
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any],
                       within: tuple[str, Any, Any] | None = None) -> pa.Table:
-        """One join against the wanted keys, copied into a temporary table."""
+        """One join against the wanted keys (copied into a temporary table), its rows copied out as CSV and
+        parsed by Arrow: no Python per row (the base class's row path took a sync's time in proportion to the
+        rows a batch folds over)."""
         column = next(k for k in table.key if k != "ledger")
         columns = ", ".join(f"{self.dialect.selected(c.kind, f't.{self.ident(c.name)}')}" for c in table.columns)
-        where, params = "t.ledger = %(ledger)s", {"ledger": ledger}
+        where = sql.SQL("t.ledger = {}").format(sql.Literal(ledger))
         if within is not None:
-            where += f" AND t.{self.ident(within[0])} BETWEEN %(low)s AND %(high)s"
-            params |= {"low": within[1], "high": within[2]}
+            where = sql.SQL("{} AND t.{} BETWEEN {} AND {}").format(
+                where, sql.Identifier(within[0]), sql.Literal(within[1]), sql.Literal(within[2]))
+        query = sql.SQL(f"COPY (SELECT {columns} FROM {self.qualified(table)} t JOIN wanted_keys w "
+                        f"ON t.{self.ident(column)} = w.{self.ident(column)} WHERE {{}}) TO STDOUT WITH (FORMAT csv)"
+                        ).format(where)
+        rows = io.BytesIO()
         with translate_errors(self.driver), self.conn.transaction():
             self.conn.execute(f"CREATE TEMP TABLE wanted_keys ON COMMIT DROP AS SELECT {self.ident(column)} "
                               f"FROM {self.qualified(table)} WITH NO DATA")
             copy_csv(self.conn, "wanted_keys", pa.table({column: keys}), self.ident)
-            rows = self.conn.execute(f"SELECT {columns} FROM {self.qualified(table)} t JOIN wanted_keys w "
-                                     f"ON t.{self.ident(column)} = w.{self.ident(column)} WHERE {where}",
-                                     params).fetchall()
-        return pa.Table.from_pylist(
-            [{c.name: from_warehouse(c.kind, v) for c, v in zip(table.columns, row, strict=True)} for row in rows],
-            schema=table.arrow_schema)
+            with self.conn.cursor().copy(query) as copy:
+                for data in copy:
+                    rows.write(data)
+        return read_csv(rows.getvalue(), table)
+
+
+def read_csv(data: bytes, table: Table) -> pa.Table:
+    """`table`'s rows as PostgreSQL's CSV writes them (money and JSON selected as text), typed by Arrow."""
+    if not data:
+        return table.arrow_schema.empty_table()
+    parsed = pa_csv.read_csv(
+        io.BytesIO(data),
+        read_options=pa_csv.ReadOptions(column_names=table.column_names),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),  # JSON text may hold line breaks
+        # An unquoted empty field is NULL; a quoted one ("") is the empty string, as COPY writes them.
+        convert_options=pa_csv.ConvertOptions(
+            # Money as its digits (Arrow's CSV reader makes no decimal256), cast exactly below.
+            column_types={c.name: pa.string() if c.kind is Kind.MONEY else ARROW_TYPES[c.kind]
+                          for c in table.columns}, true_values=["t"],
+            false_values=["f"], null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
+    )
+    return parsed.cast(table.arrow_schema)

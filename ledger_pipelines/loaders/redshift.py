@@ -131,5 +131,4 @@ class RedshiftLoader(PostgresLoader):
         finally:
             s3.delete_object(Bucket=self.config["s3_bucket"], Key=key)
 
-    def fetch_current(self, table: Table, ledger: str, keys: Any, within: Any = None) -> pa.Table:
-        return Loader.fetch_current(self, table, ledger, keys, within)
+    fetch_current = Loader.fetch_current  # Redshift cannot COPY to the client: the row-by-row read
