@@ -67,8 +67,12 @@ def serve_writes(database_url: str, socket_path: Path) -> None:
     """Accept HTTP processes on `socket_path` and write what they send through one group committer."""
     committer = GroupCommitter(database_url)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(socket_path))
+    # Bound under another name and renamed once listening: the socket's path appears (the parent waits for it)
+    # only when a connection to it is accepted.
+    binding = socket_path.with_suffix(".binding")
+    listener.bind(str(binding))
     listener.listen(64)
+    binding.rename(socket_path)
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=_serve_connection, args=(conn, committer), daemon=True,
@@ -159,11 +163,13 @@ class WriterProcess:
                 self._process.wait(10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
-        self.socket_path.unlink(missing_ok=True)
+        for leftover in self.directory.iterdir():
+            leftover.unlink()
         self.directory.rmdir()
 
     def _spawn(self) -> None:
         self.socket_path.unlink(missing_ok=True)
+        self.socket_path.with_suffix(".binding").unlink(missing_ok=True)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "ledger_api.writer_process", str(self.socket_path)], stdin=subprocess.PIPE,
             env={**os.environ, "LEDGER_DATABASE_URL": self.database_url})
