@@ -99,7 +99,7 @@ class Server:
         if self.writer is None or dry_run:
             [result] = await self.write(ledger, [command], dry_run=dry_run)
             return result
-        await self.known_ledger(ledger)  # so a request for a ledger that does not exist starts no writer thread
+        await self.known_ledger(ledger)  # so a made-up ledger name starts no thread in the writer process
         return await self.writer.write(ledger, command)
 
     async def known_ledger(self, ledger: str) -> None:

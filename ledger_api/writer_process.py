@@ -67,8 +67,8 @@ def serve_writes(database_url: str, socket_path: Path) -> None:
     """Accept HTTP processes on `socket_path` and write what they send through one group committer."""
     committer = GroupCommitter(database_url)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bound under another name and renamed once listening: the socket's path appears (the parent waits for it)
-    # only when a connection to it is accepted.
+    # Bound under another name and renamed once listening: the path the parent waits for appears only when
+    # connecting to it works.
     binding = socket_path.with_suffix(".binding")
     listener.bind(str(binding))
     listener.listen(64)
@@ -255,7 +255,7 @@ class WriterClient:
 class _Link:
     writer: asyncio.StreamWriter
     pending: dict[int, asyncio.Future[object]]
-    reading: asyncio.Task[None] | None = None
+    reading: asyncio.Task[None] | None = None  # held: the event loop keeps only a weak reference to a task
     outbox: list[bytes] = field(default_factory=list)
 
     def send(self, data: bytes) -> None:

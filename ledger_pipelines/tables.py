@@ -66,6 +66,9 @@ class Table:
     def money_columns(self) -> list[str]:
         return [c.name for c in self.columns if c.kind is Kind.MONEY]
 
+    def kind_of(self, column: str) -> Kind:
+        return next(c.kind for c in self.columns if c.name == column)
+
 
 def _c(name: str, kind: Kind, nullable: bool = False) -> Column:
     return Column(name, kind, nullable)

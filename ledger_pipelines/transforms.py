@@ -384,7 +384,6 @@ class Transformer:
                                  "reset the pipeline to 0 to rebuild it")
 
 
-
 def _computed(db: duckdb.DuckDBPyConnection, table: Table, ledger: str) -> pa.Table:
     return db.sql(_TABLE_SQL[table.name], params={"ledger": ledger}).to_arrow_table().select(table.column_names)
 

@@ -251,7 +251,7 @@ class Loader(Configured, ABC):
         return f"CREATE {self.staging_table} {staged} ({columns})"
 
     def add_column_sql(self, table: Table, column: str) -> str:
-        kind = next(c.kind for c in table.columns if c.name == column)
+        kind = table.kind_of(column)
         return f"ALTER TABLE {self.qualified(table)} ADD COLUMN {self.ident(column)} {self.column_type(kind)}"
 
     def columns_catalog(self) -> tuple[str, dict[str, Any]]:
@@ -462,11 +462,11 @@ class Loader(Configured, ABC):
                 within: tuple[str, Any, Any] | None = None) -> list[dict[str, Any]]:
         """Rows of `table` for `ledger` whose `column` is one of `values` (in IN lists of bounded length) and,
         with `within` = (column, low, high), whose other column lies in low..high."""
-        kind = next(c.kind for c in table.columns if c.name == column)
+        kind = table.kind_of(column)
         where, params = self._ledger_is(ledger)
         if within is not None:
             bound, low, high = within
-            bound_kind = next(c.kind for c in table.columns if c.name == bound)
+            bound_kind = table.kind_of(bound)
             where += (f" AND {self.ident(bound)} BETWEEN {self.dialect.param('low', bound_kind)} "
                       f"AND {self.dialect.param('high', bound_kind)}")
             params = {**params, "low": low, "high": high}

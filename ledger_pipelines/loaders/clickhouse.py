@@ -142,14 +142,14 @@ class ClickHouseLoader(Loader):
         """One query for all the wanted keys (an array parameter), answered in Arrow: no Python per row (the
         row-by-row read cost a full sync more than ClickHouse's own inserts). Money comes as its digits."""
         column = next(k for k in table.key if k != "ledger")
-        kind = next(c.kind for c in table.columns if c.name == column)
+        kind = table.kind_of(column)
         selected = ", ".join(f"toString({self.ident(c.name)})" if c.kind is Kind.MONEY else self.ident(c.name)
                              for c in table.columns)
         where = (f"{self.ident('ledger')} = {{ledger:String}} AND "
                  f"{self.ident(column)} IN {{keys:Array({self.column_type(kind)})}}")
         params: dict[str, Any] = {"ledger": ledger, "keys": list(keys)}
         if within is not None:
-            bound_kind = next(c.kind for c in table.columns if c.name == within[0])
+            bound_kind = table.kind_of(within[0])
             where += (f" AND {self.ident(within[0])} BETWEEN {{low:{self.column_type(bound_kind)}}} "
                       f"AND {{high:{self.column_type(bound_kind)}}}")
             params |= {"low": within[1], "high": within[2]}
@@ -174,7 +174,7 @@ class ClickHouseLoader(Loader):
                 f"ENGINE = ReplacingMergeTree({self.ident('log_id')}){partition} ORDER BY ({order})")
 
     def add_column_sql(self, table: Table, column: str) -> str:
-        kind = next(c.kind for c in table.columns if c.name == column)
+        kind = table.kind_of(column)
         return (f"ALTER TABLE {self.qualified(table)} ADD COLUMN IF NOT EXISTS {self.ident(column)} "
                 f"Nullable({self.column_type(kind)})")
 
