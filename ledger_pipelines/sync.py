@@ -53,7 +53,7 @@ from ledger_pipelines.errors import (
 from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.reader import LogReader
-from ledger_pipelines.tables import BALANCES, SCHEMA_VERSION, Batch, SyncState
+from ledger_pipelines.tables import BALANCES, SCHEMA_VERSION, Batch, Money, SyncState
 from ledger_pipelines.transforms import Prepared, Transformer
 from ledger_pipelines.verify import CheckResult, freshness, verify
 
@@ -220,7 +220,8 @@ class _Progress:
         self.first = batch.first_log_id if self.first is None else min(self.first, batch.first_log_id)
         self.logs += batch.last_log_id - batch.first_log_id + 1
         self.rows.update(batch.row_counts())
-        self.accounts.update(batch.tables[BALANCES.name].column("account").to_pylist())
+        if self.first != 1:  # from the first log, the checks look at every account (check_scope)
+            self.accounts.update(batch.tables[BALANCES.name].column("account").to_pylist())
 
 
 def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipeline,
@@ -272,7 +273,7 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
         with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader, \
                 Transformer() as transformer, closing(_verified_batches(
                     reader, transformer, pipeline.ledger, cursor, target, batch_size, previous_hash,
-                    previous_version)) as batches:
+                    previous_version, loader.money)) as batches:
             for prepared in batches:
                 try:
                     cursor = _load(conn, pipeline, loader, transformer, prepared, cursor, held, fault, done)
@@ -310,7 +311,7 @@ def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pip
                 Transformer() as transformer, closing(_verified_batches(
                     reader, transformer, pipeline.ledger, cursor, target,
                     min(batch_size, sink.max_logs_per_delivery), link[0] if link else None,
-                    link[1] if link else 1)) as batches:
+                    link[1] if link else 1, None)) as batches:
             for prepared in batches:
                 logs = prepared.logs
                 fault("before_load")
@@ -328,11 +329,12 @@ def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pip
 
 
 def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, after: int, up_to: int, limit: int,
-                      previous: bytes | None, previous_version: int) -> Iterator[Prepared]:
+                      previous: bytes | None, previous_version: int, money: Money | None) -> Iterator[Prepared]:
     """The logs `after < id <= up_to` in contiguous batches, each checked link by link (continuing from the
-    hash `previous` of log `after`) before it is handed over, unpacked, its BATCH_ONLY tables computed. The next
-    batch is read, checked and prepared on a worker thread while the caller folds and loads this one: PostgreSQL,
-    the check, the transforms and the warehouse work at the same time."""
+    hash `previous` of log `after`) before it is handed over, unpacked, and given a warehouse's `money`, its
+    BATCH_ONLY tables computed for that warehouse. The next batch is read, checked and prepared on a worker
+    thread while the caller folds and loads this one: PostgreSQL, the check, the transforms and the warehouse
+    work at the same time."""
 
     def read(after: int, previous: bytes | None, previous_version: int) -> Prepared:
         # No runt batch: what would be left after this one, if under a quarter of a batch, comes with it.
@@ -340,7 +342,7 @@ def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, 
         logs = reader.read(ledger, after=after, up_to=up_to, limit=left if left <= limit * 5 // 4 else limit)
         if not logs.num_rows:
             raise LogGap(ledger, after + 1, after)
-        prepared = transformer.prepare(logs, ledger)
+        prepared = transformer.prepare(logs) if money is None else transformer.prepare(logs, ledger, money)
         # Every link, recomputed set-based; only a batch where that finds a mismatch (a version-1 log counts as
         # one) is checked log by log, which gives the verdict and names the log.
         if not transformer.links_hold(ledger, logs, previous):
@@ -365,7 +367,7 @@ def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader,
           logs: pa.Table | Prepared, cursor: int, held: int, fault: FaultHook, done: _Progress) -> int:
     """Transform and merge one contiguous batch, then move the cursor to its last log; return the new cursor.
     `held` is the last log the warehouse holds: a batch entirely after it is new to the warehouse."""
-    batch = transformer.transform(pipeline.ledger, logs, loader.fetch_current, loader.money_digits)
+    batch = transformer.transform(pipeline.ledger, logs, loader.fetch_current, loader.money)
     fault("before_load")
     loader.load(batch, SyncState(pipeline.id, pipeline.ledger, batch.last_log_id, batch.last_log_hash,
                                  datetime.now(UTC)), new_logs=batch.first_log_id > held)

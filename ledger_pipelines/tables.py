@@ -13,6 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class Kind(StrEnum):
@@ -23,7 +24,7 @@ class Kind(StrEnum):
     TIMESTAMP = "timestamp"  # UTC, microseconds, time-zone aware
     DATE = "date"  # a calendar day (UTC)
     JSON = "json"
-    MONEY = "money"  # exact integer; carried as decimal256(76, 0) in Arrow
+    MONEY = "money"  # exact integer; carried as decimal256(76, 0) in Arrow, or as a warehouse takes it (Money)
 
 
 MONEY_DIGITS = 76  # what Arrow's decimal256 carries; each dialect may hold fewer
@@ -38,6 +39,25 @@ ARROW_TYPES: dict[Kind, pa.DataType] = {
     Kind.JSON: pa.string(),
     Kind.MONEY: pa.decimal256(MONEY_DIGITS, 0),
 }
+
+
+@dataclass(frozen=True)
+class Money:
+    """How a warehouse takes money: values of at most `digits` digits, in Arrow as `arrow_type` (a decimal, or
+    the exact digits as text). Batches are made in that type, so no column is cast twice on its way in."""
+
+    digits: int = MONEY_DIGITS
+    arrow_type: pa.DataType = ARROW_TYPES[Kind.MONEY]
+
+
+WIDEST_MONEY = Money()  # every value the ledger holds, as decimal256(76, 0)
+
+
+def wider_than(values: pa.ChunkedArray, digits: int) -> pa.ChunkedArray:
+    """Which money values (decimals, or their digits as text) have more than `digits` digits (`digits` < 76)."""
+    if pa.types.is_decimal(values.type):
+        return pc.greater_equal(pc.abs(values), pa.scalar(10**digits, pa.decimal256(MONEY_DIGITS, 0)))
+    return pc.greater(pc.binary_length(pc.utf8_ltrim(values, "-")), digits)
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,12 @@ class Table:
 
     @property
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([pa.field(c.name, ARROW_TYPES[c.kind], nullable=c.nullable) for c in self.columns])
+        return self.arrow_schema_with(ARROW_TYPES[Kind.MONEY])
+
+    def arrow_schema_with(self, money: pa.DataType) -> pa.Schema:
+        """The Arrow schema with money columns of type `money`."""
+        return pa.schema([pa.field(c.name, money if c.kind is Kind.MONEY else ARROW_TYPES[c.kind], nullable=c.nullable)
+                          for c in self.columns])
 
     @property
     def money_columns(self) -> list[str]:

@@ -50,9 +50,12 @@ from ledger_pipelines.tables import (
     MOVES,
     POSTINGS,
     TRANSACTIONS,
+    WIDEST_MONEY,
     Batch,
     Kind,
+    Money,
     Table,
+    wider_than,
 )
 
 # fetch_current(table, ledger, keys, within) -> the warehouse's current rows of `table` whose first key column
@@ -76,18 +79,21 @@ LOG_SHAPE = json.dumps({
 
 _TRANSACTION_LOGS = "('NEW_TRANSACTION', 'REVERTED_TRANSACTION')"
 
-# An asset's scale is its name's precision (`USD/2` -> 2, `JPY` -> 0). A display amount is the signed integer
-# (text) with the point set by the scale: exact, never a float. Past 76 places (no amount has more digits, and a
-# scale may have 6) it is `<digits>E-<scale>`, which any decimal parser reads exactly.
+# An asset's scale is its name's precision (`USD/2` -> 2, `JPY` -> 0). A display amount is an amount's digits
+# with the point set by the scale, and its sign: exact text, never a float. Past 76 places (no amount has more
+# digits, and a scale may have 6) it is `<digits>E-<scale>`, which any decimal parser reads exactly.
+# A macro repeats its arguments' expressions wherever it names them: callers pass columns, computed once (the
+# scale as an expression made display amounts six times slower).
 _MACROS = """
 CREATE MACRO asset_scale(asset) AS coalesce(TRY_CAST(nullif(split_part(asset, '/', 2), '') AS INTEGER), 0);
 CREATE MACRO pointed(digits, scale) AS
     substr(digits, 1, length(digits) - scale) || '.' || substr(digits, length(digits) - scale + 1);
-CREATE MACRO display_amount(signed, scale) AS
-    CASE WHEN scale = 0 THEN signed
-         WHEN scale > 76 THEN signed || 'E-' || scale
-         ELSE (CASE WHEN starts_with(signed, '-') THEN '-' ELSE '' END) || main.pointed(
-             lpad(ltrim(signed, '-'), greatest(length(ltrim(signed, '-')), scale + 1)::INTEGER, '0'), scale) END;
+CREATE MACRO display_amount(digits, negative, scale) AS
+    (CASE WHEN negative THEN '-' ELSE '' END) || CASE
+        WHEN scale = 0 THEN digits
+        WHEN scale > 76 THEN digits || 'E-' || scale
+        ELSE main.pointed(CASE WHEN length(digits) > scale THEN digits ELSE lpad(digits, scale + 1, '0') END,
+                          scale) END;
 """
 
 # The batch, unpacked once, into tables of the batch's own schema; `log` is the reader's Arrow table.
@@ -152,18 +158,19 @@ _TABLE_SQL: dict[str, str] = {
             FROM move_rows m LEFT JOIN post_volumes post USING (log_id, account, asset)
             WINDOW later AS (PARTITION BY m.log_id, m.account, m.asset ORDER BY posting_index, is_source DESC
                              ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING))
-        SELECT $ledger AS ledger, transaction_id, posting_index, is_source, account, asset,
-               main.asset_scale(asset) AS asset_scale, amount, signed_amount,
-               main.display_amount(signed_amount, main.asset_scale(asset)) AS display_amount, timestamp,
+        SELECT $ledger AS ledger, transaction_id, posting_index, is_source, account, asset, asset_scale, amount,
+               CASE WHEN negative THEN '-' || amount ELSE amount END AS signed_amount,
+               main.display_amount(amount, negative, asset_scale) AS display_amount, timestamp,
                inserted_at, input::VARCHAR AS post_commit_input, output::VARCHAR AS post_commit_output,
                (input - output)::VARCHAR AS post_commit_balance, log_id
-        FROM (SELECT *, CASE WHEN is_source AND amount <> '0' THEN '-' || amount ELSE amount END AS signed_amount
+        FROM (SELECT *, main.asset_scale(asset) AS asset_scale, is_source AND amount <> '0' AS negative
               FROM volumes)""",
     BALANCES.name: """
-        SELECT $ledger AS ledger, account, asset, main.asset_scale(asset) AS asset_scale, input, output, balance,
-               main.display_amount(balance, main.asset_scale(asset)) AS display_balance, log_id
-        FROM (SELECT *, (input::BIGNUM - output::BIGNUM)::VARCHAR AS balance FROM post_volumes
-              QUALIFY row_number() OVER (PARTITION BY account, asset ORDER BY log_id DESC) = 1)""",
+        SELECT $ledger AS ledger, account, asset, asset_scale, input, output, balance,
+               main.display_amount(ltrim(balance, '-'), starts_with(balance, '-'), asset_scale) AS display_balance,
+               log_id
+        FROM (SELECT *, main.asset_scale(asset) AS asset_scale, (input::BIGNUM - output::BIGNUM)::VARCHAR AS balance
+              FROM post_volumes QUALIFY row_number() OVER (PARTITION BY account, asset ORDER BY log_id DESC) = 1)""",
     # Per (account, asset, day): the warehouse's row, plus what the batch's moves with a newer log id add.
     DAILY_VOLUMES.name: """
         WITH changes AS (
@@ -275,18 +282,20 @@ _BASE_WITHIN = {DAILY_VOLUMES.name: ("day", "SELECT min(day), max(day) FROM move
 
 
 # Tables computed from the batch's logs alone, with no warehouse row to start from: `prepare` computes them
-# when told the ledger, on the sync's worker thread, while the previous batch loads.
+# (checked and typed for the warehouse) when told the ledger, on the sync's worker thread, while the previous
+# batch loads.
 BATCH_ONLY = (LOGS, POSTINGS, MOVES, BALANCES)
 
 
 @dataclass(frozen=True)
 class Prepared:
     """A batch of logs unpacked into its own schema of the transformer's database (see `Transformer.prepare`),
-    with its BATCH_ONLY tables when prepared for a ledger."""
+    with its BATCH_ONLY tables when prepared for a ledger and a warehouse's money."""
 
     logs: pa.Table
     schema: str
     ledger: str | None = None
+    money: Money = WIDEST_MONEY
     tables: dict[str, pa.Table] = field(default_factory=dict)
 
 
@@ -312,19 +321,23 @@ class Transformer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def prepare(self, logs: pa.Table, ledger: str | None = None) -> Prepared:
+    def prepare(self, logs: pa.Table, ledger: str | None = None, money: Money = WIDEST_MONEY) -> Prepared:
         """Unpack a contiguous batch of logs (the reader's Arrow table), and with `ledger` compute its BATCH_ONLY
-        tables too; safe to call from any thread."""
+        tables too, for a warehouse taking `money`; safe to call from any thread."""
         if not logs.num_rows:
             raise ValueError("transform needs at least one log")
-        prepared = Prepared(logs, f"batch_{next(self._batches)}", ledger)
+        prepared = Prepared(logs, f"batch_{next(self._batches)}", ledger, money)
         with self._db.cursor() as db:
             db.execute(f"SET TimeZone = 'UTC'; CREATE SCHEMA {prepared.schema}; SET schema = '{prepared.schema}'")
             # Small record batches let DuckDB unpack the JSON on every core.
             db.register("log", pa.Table.from_batches(logs.to_batches(max_chunksize=1024)))
             db.execute(_PREPARE)
             if ledger is not None:
-                prepared.tables.update({table.name: _computed(db, table, ledger) for table in BATCH_ONLY})
+                tables = {table.name: _computed(db, table, ledger) for table in BATCH_ONLY}
+                # A value too wide for the warehouse: left to `transform`, which names the earliest log of all.
+                if _widest(tables, money.digits) is None:
+                    prepared.tables.update({name: _typed(BY_NAME[name], data, money.arrow_type)
+                                            for name, data in tables.items()})
         return prepared
 
     def links_hold(self, ledger: str, logs: pa.Table, previous: bytes | None) -> bool:
@@ -337,10 +350,11 @@ class Transformer:
         return mismatches == 0
 
     def transform(self, ledger: str, logs: pa.Table | Prepared, fetch_current: FetchCurrent,
-                  money_digits: int = MONEY_DIGITS) -> Batch:
+                  money: Money = WIDEST_MONEY) -> Batch:
         """Turn a contiguous batch of logs (the reader's Arrow table, or prepared) into warehouse rows.
 
-        `money_digits` is the warehouse's: a wider value stops the batch naming the earliest log carrying one.
+        `money` is how the warehouse takes it: a wider value stops the batch naming the earliest log carrying
+        one, and money columns come in its Arrow type.
         """
         prepared = logs if isinstance(logs, Prepared) else self.prepare(logs)
         db = self._db
@@ -350,17 +364,19 @@ class Transformer:
             for name, schema in _BASE_SCHEMAS.items():
                 db.register(f"base_{name}", self._base_rows(ledger, name, schema, fetch_current))
             self._refuse_missing_transactions()
-            ahead = prepared.tables if prepared.ledger == ledger else {}
-            tables = {table.name: ahead[table.name] if table.name in ahead else _computed(db, table, ledger)
-                      for table in DATA_TABLES}
+            ahead = prepared.tables if (prepared.ledger, prepared.money) == (ledger, money) else {}
+            computed = {table.name: _computed(db, table, ledger) for table in DATA_TABLES if table.name not in ahead}
         finally:
             for name in ("log", *(f"base_{n}" for n in _BASE_SCHEMAS)):
                 db.unregister(name)
             db.execute(f"RESET schema; DROP SCHEMA {prepared.schema} CASCADE")
-        _check_money(tables, min(money_digits, MONEY_DIGITS))
+        widest = _widest(computed, money.digits)
+        if widest is not None:
+            raise ValueOutOfRange(*widest, min(money.digits, MONEY_DIGITS))
+        typed = {name: _typed(BY_NAME[name], data, money.arrow_type) for name, data in computed.items()}
         ids = prepared.logs.column("id")
         return Batch(ledger, ids[0].as_py(), ids[-1].as_py(), prepared.logs.column("hash")[-1].as_py(),
-                     {table.name: _typed(table, tables[table.name]) for table in DATA_TABLES})
+                     {t.name: ahead[t.name] if t.name in ahead else typed[t.name] for t in DATA_TABLES})
 
     def _base_rows(self, ledger: str, name: str, schema: pa.Schema, fetch_current: FetchCurrent) -> pa.Table:
         keys = self._db.sql(_BASE_KEYS[name]).to_arrow_table().column(0).to_pylist()
@@ -388,30 +404,34 @@ def _computed(db: duckdb.DuckDBPyConnection, table: Table, ledger: str) -> pa.Ta
     return db.sql(_TABLE_SQL[table.name], params={"ledger": ledger}).to_arrow_table().select(table.column_names)
 
 
-def _check_money(tables: dict[str, pa.Table], digits: int) -> None:
-    """Refuse the batch if a money value (still text) is wider than `digits`, naming the earliest log."""
+def _widest(tables: dict[str, pa.Table], digits: int) -> tuple[int, str, str, int] | None:
+    """Where `tables` (money still as text) hold a value wider than `digits`: the earliest log carrying one, with
+    its table, column and value; None when none does."""
+    digits = min(digits, MONEY_DIGITS)
     worst: tuple[int, str, str, int] | None = None
-    for table in DATA_TABLES:
-        data = tables[table.name]
-        for column in table.money_columns:
-            wide = pc.greater(pc.utf8_length(pc.utf8_ltrim(data.column(column), "-")), digits)
+    for name, data in tables.items():
+        for column in BY_NAME[name].money_columns:
+            values = data.column(column)
+            if not data.num_rows or pc.max(pc.binary_length(values)).as_py() <= digits:  # no sign needed to tell
+                continue
+            wide = wider_than(values, digits)
             if not pc.any(wide).as_py():
                 continue
             offending = data.filter(wide)
             at = pc.index(offending.column("log_id"), pc.min(offending.column("log_id")))
             log_id = offending.column("log_id")[at.as_py()].as_py()
             if worst is None or log_id < worst[0]:
-                worst = (log_id, table.name, column, int(offending.column(column)[at.as_py()].as_py()))
-    if worst is not None:
-        raise ValueOutOfRange(*worst, digits)
+                worst = (log_id, name, column, int(offending.column(column)[at.as_py()].as_py()))
+    return worst
 
 
-def _typed(table: Table, data: pa.Table) -> pa.Table:
-    """The warehouse table's Arrow schema: money from its digits to decimal256, time zones named alike. A value
-    missing where the table requires one means a log lacked a field: refused, naming the earliest such log."""
+def _typed(table: Table, data: pa.Table, money: pa.DataType) -> pa.Table:
+    """The warehouse table's Arrow schema, money as `money` (cast once from its digits), time zones named alike.
+    A value missing where the table requires one means a log lacked a field: refused, naming the earliest such
+    log."""
     for column in table.columns:
         if not column.nullable and data.column(column.name).null_count:
             missing = data.filter(pc.is_null(data.column(column.name)))
             raise LogIncomplete(pc.min(missing.column("log_id")).as_py(), table.name, column.name)
-    return pa.Table.from_arrays([data.column(c.name).cast(ARROW_TYPES[c.kind]) for c in table.columns],
-                                schema=table.arrow_schema)
+    schema = table.arrow_schema_with(money)
+    return pa.Table.from_arrays([data.column(f.name).cast(f.type) for f in schema], schema=schema)

@@ -42,6 +42,7 @@ from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientL
 from ledger_pipelines.loaders.config import Configured, FaultHook
 from ledger_pipelines.tables import (
     ALL_TABLES,
+    ARROW_TYPES,
     BALANCES,
     BY_NAME,
     DAILY_VOLUMES,
@@ -53,8 +54,10 @@ from ledger_pipelines.tables import (
     SYNC_STATE,
     Batch,
     Kind,
+    Money,
     SyncState,
     Table,
+    wider_than,
 )
 
 # Called by the sync engine at named points of a load, so tests can fail a sync exactly there.
@@ -75,6 +78,7 @@ class Dialect:
     name: str
     types: Mapping[Kind, str]
     money_digits: int  # exact digits of the money type: larger values stop the pipeline
+    arrow_money: pa.DataType = ARROW_TYPES[Kind.MONEY]  # money as the bulk path takes it: batches come so
     max_identifier_length: int = 63
     quote: str = '"'
     fold: Fold = Fold.NONE
@@ -107,7 +111,8 @@ def cast_money(table: Table, data: pa.Table, to: pa.DataType) -> pa.Table:
     """`data` with its money columns cast to `to` (a narrower decimal after `check_money`, or exact digits)."""
     for column in table.money_columns:
         index = data.schema.get_field_index(column)
-        data = data.set_column(index, pa.field(column, to), data.column(column).cast(to))
+        if data.schema.field(index).type != to:
+            data = data.set_column(index, pa.field(column, to), data.column(column).cast(to))
     return data
 
 
@@ -157,6 +162,16 @@ class Loader(Configured, ABC):
     def money_digits(self) -> int:
         """Exact digits this loader's money columns hold (its dialect's, unless its config widens them)."""
         return self.dialect.money_digits
+
+    @property
+    def arrow_money(self) -> pa.DataType:
+        """The Arrow type money has in the batches this loader takes (its dialect's, unless its config says)."""
+        return self.dialect.arrow_money
+
+    @property
+    def money(self) -> Money:
+        """How this warehouse takes money: what the transforms make batches for."""
+        return Money(self.money_digits, self.arrow_money)
 
     def wide_money_remedy(self, exporter_id: str) -> str:
         """What a user can do when a value is wider than `money_digits` (said in the error)."""
@@ -397,18 +412,23 @@ class Loader(Configured, ABC):
                     self.unstage(handle)
 
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
-        """The batch's Arrow table as this warehouse's bulk path takes it (e.g. money narrowed or as text)."""
-        return data
+        """The batch's Arrow table as this warehouse's bulk path takes it: money as `arrow_money` (a batch the
+        transforms made for this warehouse has it so already)."""
+        return cast_money(table, data, self.arrow_money)
 
     def check_money(self, batch: Batch) -> None:
-        """Refuse a batch holding a money value wider than this warehouse's exact type."""
+        """Refuse a batch holding a money value wider than this warehouse's exact type (a decimal type no wider
+        than it holds none: a batch the transforms made for this warehouse is checked by its type)."""
         if self.money_digits >= MONEY_DIGITS:
             return
-        limit = pa.scalar(10**self.money_digits, pa.decimal256(MONEY_DIGITS, 0))
         for name, data in batch.tables.items():
             for column in BY_NAME[name].money_columns:
-                too_big = pc.greater_equal(pc.abs(data.column(column)), limit)
-                if data.num_rows and pc.any(too_big).as_py():
+                values = data.column(column)
+                if not data.num_rows or (pa.types.is_decimal(values.type)
+                                         and values.type.precision <= self.money_digits):
+                    continue
+                too_big = wider_than(values, self.money_digits)
+                if pc.any(too_big).as_py():
                     row = data.slice(pc.index(too_big, True).as_py(), 1).to_pylist()[0]
                     raise ValueOutOfRange(int(row["log_id"]), name, column, int(row[column]), self.money_digits)
 

@@ -39,7 +39,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import Dialect, Loader, cast_money
+from ledger_pipelines.loaders.base import Dialect, Loader
 from ledger_pipelines.loaders.config import ConfigField, local_file
 from ledger_pipelines.tables import Kind, Table
 
@@ -48,6 +48,7 @@ DIALECT = Dialect(
     types={Kind.STRING: "STRING", Kind.INT32: "INT64", Kind.INT64: "INT64", Kind.BOOL: "BOOL",
            Kind.TIMESTAMP: "TIMESTAMP", Kind.DATE: "DATE", Kind.JSON: "JSON", Kind.MONEY: "BIGNUMERIC(38, 0)"},
     money_digits=38,
+    arrow_money=pa.string(),  # staged as its exact digits, cast to BIGNUMERIC in SQL (JSON, too, stays text)
     max_identifier_length=300,
     quote="`",
     placeholder="@{name}",
@@ -201,10 +202,6 @@ class BigQueryLoader(Loader):
         log_id = self.ident("log_id")
         return (f"DELETE FROM {self.qualified(table)} AS t WHERE EXISTS (SELECT 1 FROM {staged} s "
                 f"WHERE {same_key} AND t.{log_id} <= s.{log_id})")
-
-    def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
-        """Money as its exact digits (cast to BIGNUMERIC in SQL); JSON stays text (PARSE_JSON in SQL)."""
-        return cast_money(table, data, pa.string())
 
     def load_job_config(self, table: Table) -> bigquery.LoadJobConfig:
         """The staging table is made by the load job itself, typed as staged (money and JSON as STRING)."""

@@ -5,8 +5,8 @@
   DuckDB plans as hash anti-joins. The whole batch and the sync state are one DuckDB transaction.
   Keys are not declared: DuckDB maintains a PRIMARY KEY with an ART index that made these loads 5 to 10
   times slower (measured on 400k moves); uniqueness comes from the merge and is proven by the asset checks.
-- Money: DECIMAL(38,0), DuckDB's widest exact type (Arrow's decimal256 is cast to decimal128 on the way
-  in); a wider value stops the pipeline with ValueOutOfRange naming the log, after loading every log before
+- Money: DECIMAL(38,0), DuckDB's widest exact type (batches are made with decimal128 money, which DuckDB
+  reads); a wider value stops the pipeline with ValueOutOfRange naming the log, after loading every log before
   it. The exporter setting `"money": "text"` stores money columns as VARCHAR holding every digit instead (up
   to the ledger's 76), converted in place by `setup()` when the setting changes; cast them to compute
   (`CAST(balance AS HUGEINT)` for values within 38 digits).
@@ -25,7 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import Dialect, Loader, cast_money
+from ledger_pipelines.loaders.base import Dialect, Loader
 from ledger_pipelines.loaders.config import ConfigField, local_path
 from ledger_pipelines.tables import BY_NAME, MONEY_DIGITS, Kind, Table
 
@@ -34,10 +34,10 @@ DIALECT = Dialect(
     types={Kind.STRING: "VARCHAR", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
            Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.DATE: "DATE", Kind.JSON: "JSON", Kind.MONEY: "DECIMAL(38,0)"},
     money_digits=38,
+    arrow_money=pa.decimal128(38, 0),  # DuckDB reads decimal128 only
     placeholder="${name}",
     declare_primary_keys=False,
 )
-ARROW_MONEY = pa.decimal128(38, 0)
 MONEY_TEXT = "VARCHAR"
 
 
@@ -180,10 +180,9 @@ class DuckDBLoader(Loader):
         if converted:  # the views sum money as its type now is
             self.create_analyst_views()
 
-    def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
-        """DuckDB reads decimal128 only: narrow money columns (values were checked against 38 digits), or
-        turn them into their exact digits when money is stored as text."""
-        return cast_money(table, data, pa.string() if self.money_as_text else ARROW_MONEY)
+    @property
+    def arrow_money(self) -> pa.DataType:
+        return pa.string() if self.money_as_text else self.dialect.arrow_money
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any],
                       within: tuple[str, Any, Any] | None = None) -> pa.Table:

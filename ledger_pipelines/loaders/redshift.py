@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError
-from ledger_pipelines.loaders.base import Dialect, Loader, cast_money
+from ledger_pipelines.loaders.base import Dialect, Loader
 from ledger_pipelines.loaders.config import ConfigField
 from ledger_pipelines.loaders.postgres import PostgresLoader, copy_csv
 from ledger_pipelines.tables import Kind, Table
@@ -35,12 +35,12 @@ DIALECT = Dialect(
     types={Kind.STRING: "VARCHAR(65535)", Kind.INT32: "INTEGER", Kind.INT64: "BIGINT", Kind.BOOL: "BOOLEAN",
            Kind.TIMESTAMP: "TIMESTAMPTZ", Kind.DATE: "DATE", Kind.JSON: "SUPER", Kind.MONEY: "DECIMAL(38,0)"},
     money_digits=38,
+    arrow_money=pa.decimal128(38, 0),  # Parquet's decimal for DECIMAL(38,0)
     max_identifier_length=127,
     staging_types={Kind.JSON: "VARCHAR(65535)"},
     insert_casts={Kind.JSON: "JSON_PARSE({})"},
     select_casts={Kind.JSON: "JSON_SERIALIZE({})", Kind.MONEY: "CAST({} AS VARCHAR)"},
 )
-ARROW_MONEY = pa.decimal128(38, 0)
 STAGINGS = ("s3", "copy")
 
 
@@ -89,10 +89,6 @@ class RedshiftLoader(PostgresLoader):
         return Loader.merge_statements(self, table, staged)
 
     staging_table = "TEMP TABLE"
-
-    def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
-        """Parquet with decimal128: values were checked against 38 digits."""
-        return cast_money(table, data, ARROW_MONEY)
 
     def stage(self, table: Table, data: pa.Table) -> str:
         staged = self.ident(f"staged_{table.name}")

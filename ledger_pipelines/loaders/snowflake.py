@@ -31,7 +31,7 @@ import snowflake.connector
 from snowflake.connector import errors as sf_errors
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
-from ledger_pipelines.loaders.base import Dialect, Fold, Loader, cast_money
+from ledger_pipelines.loaders.base import Dialect, Fold, Loader
 from ledger_pipelines.loaders.config import ConfigField, local_file
 from ledger_pipelines.tables import Kind, Table
 
@@ -40,13 +40,13 @@ DIALECT = Dialect(
     types={Kind.STRING: "VARCHAR", Kind.INT32: "NUMBER(10,0)", Kind.INT64: "NUMBER(19,0)", Kind.BOOL: "BOOLEAN",
            Kind.TIMESTAMP: "TIMESTAMP_TZ", Kind.DATE: "DATE", Kind.JSON: "VARIANT", Kind.MONEY: "NUMBER(38,0)"},
     money_digits=38,
+    arrow_money=pa.decimal128(38, 0),  # Parquet's decimal for NUMBER(38,0)
     max_identifier_length=255,
     fold=Fold.UPPER,
     staging_types={Kind.JSON: "VARCHAR"},
     insert_casts={Kind.JSON: "PARSE_JSON({})"},
     select_casts={Kind.JSON: "TO_JSON({})", Kind.MONEY: "CAST({} AS VARCHAR)"},
 )
-ARROW_MONEY = pa.decimal128(38, 0)
 LOAD_STAGE = "ledger_load"  # a temporary stage: gone with the session
 
 
@@ -134,7 +134,7 @@ class SnowflakeLoader(Loader):
 
     def arrow_in(self, table: Table, data: pa.Table) -> pa.Table:
         """Upper-case column names (as created), and decimal128 money (values were checked against 38 digits)."""
-        data = cast_money(table, data, ARROW_MONEY)
+        data = super().arrow_in(table, data)
         return data.rename_columns([self._folded(c) for c in data.column_names])
 
     staging_table = "TRANSIENT TABLE"  # no fail-safe copies of rows dropped minutes later

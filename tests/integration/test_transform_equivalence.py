@@ -25,9 +25,9 @@ import pytest
 
 from ledger_core.requests import DeleteMetadata, NewTransaction, RevertTransaction, SetMetadata
 from ledger_core.writer import write
-from ledger_pipelines.errors import LogIncomplete, MissingBaseRow
+from ledger_pipelines.errors import LogIncomplete, MissingBaseRow, ValueOutOfRange
 from ledger_pipelines.reader import LogReader
-from ledger_pipelines.tables import DATA_TABLES, Kind, Table
+from ledger_pipelines.tables import DATA_TABLES, Kind, Money, Table
 from ledger_pipelines.transforms import Transformer
 from tests import reference_transform
 from tests.contract.helpers import assert_move_amounts, assert_reversal_links, display
@@ -183,6 +183,47 @@ def test_set_based_transforms_equal_the_reference_fold(conn: psycopg.Connection,
     with Transformer() as transformer:
         compare_batch(transformer, ledger, logs, whole)
     assert_new_columns_equal_the_ledger(conn, ledger, whole)
+
+
+@pytest.mark.parametrize("arrow_type", [pa.decimal128(38, 0), pa.string()], ids=["decimal128", "text"])
+def test_a_batch_made_for_a_warehouses_money_holds_the_same_values_in_its_type(
+        conn: psycopg.Connection, database_url: str, ledger: str, arrow_type: pa.DataType,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the sync does: the next batch prepared ahead for the warehouse's money, then transformed for it.
+    monkeypatch.setattr(f"{__name__}._amount", lambda rng: rng.randrange(1, 10**30))  # balances within 38 digits
+    write_random_ledger(conn, ledger, random.Random(21), writes=80)
+    with LogReader(database_url) as reader:
+        logs = reader.read(ledger, after=0, up_to=10**9, limit=10**9)
+    money = Money(38, arrow_type)
+    with Transformer() as transformer:
+        widest = transformer.transform(ledger, logs, SimulatedWarehouse().current_arrow)
+        made = transformer.transform(ledger, transformer.prepare(logs, ledger, money),
+                                     SimulatedWarehouse().current_arrow, money)
+    for table in DATA_TABLES:
+        schema, order = table.arrow_schema_with(arrow_type), [(k, "ascending") for k in table.key]
+        assert made.tables[table.name].schema == schema
+        assert made.tables[table.name].sort_by(order).equals(
+            widest.tables[table.name].cast(schema).sort_by(order)), table.name  # rows come in no set order
+
+
+def test_a_value_too_wide_for_the_warehouse_is_named_at_its_earliest_log_across_tables(
+        conn: psycopg.Connection, database_url: str, ledger: str) -> None:
+    # Prepared ahead, the batch-only tables find a value too wide and leave the verdict to the transform,
+    # which weighs them with the folded tables: the earliest log carrying one, whichever table holds it.
+    write_random_ledger(conn, ledger, random.Random(8), writes=60)
+    with LogReader(database_url) as reader:
+        logs = reader.read(ledger, after=0, up_to=10**9, limit=10**9)
+    digits = 38  # some amounts have 60 to 70 digits
+    with Transformer() as transformer:
+        widest = transformer.transform(ledger, logs, SimulatedWarehouse().current_arrow)
+        earliest = min(row["log_id"] for table in DATA_TABLES for row in widest.tables[table.name].to_pylist()
+                       if any(abs(int(row[c])) >= 10**digits for c in table.money_columns))
+        assert earliest > logs.column("id")[0].as_py()  # not the batch's first log: the choice of the earliest matters
+        money = Money(digits, pa.decimal128(38, 0))
+        with pytest.raises(ValueOutOfRange) as refused:
+            transformer.transform(ledger, transformer.prepare(logs, ledger, money), SimulatedWarehouse().current_arrow,
+                                  money)
+    assert refused.value.log_id == earliest
 
 
 def test_a_change_to_a_transaction_the_warehouse_lacks_is_refused_naming_the_log(

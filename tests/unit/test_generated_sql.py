@@ -163,7 +163,8 @@ def test_display_amounts_are_exact_text_at_the_asset_scale(signed, scale, shown)
     from ledger_pipelines.transforms import Transformer
 
     with Transformer() as transformer:
-        [(got,)] = transformer._db.execute("SELECT main.display_amount(?, ?)", [signed, scale]).fetchall()
+        [(got,)] = transformer._db.execute("SELECT main.display_amount(ltrim($s, '-'), starts_with($s, '-'), $scale)",
+                                           {"s": signed, "scale": scale}).fetchall()
     assert got == shown
     with localcontext(prec=200):
         assert Decimal(got) == Decimal(signed).scaleb(-scale)  # exactly the amount, at the scale
