@@ -195,10 +195,9 @@ def server_of(request: Request) -> Server:
 
 
 async def created_transaction(server: Server, ledger: str, body: Any, idempotency_key: str | None, *,
-                              force: bool = False, dry_run: bool = False) -> JSONResponse:
+                              force: bool = False, dry_run: bool = False) -> Response:
     command = NewTransaction.from_json(body, idempotency_key=idempotency_key, force=force)
-    result = await server.write_one(ledger, command, dry_run=dry_run)
-    return JSONResponse({"data": result.to_json()})
+    return Response(await server.write_one(ledger, command, dry_run=dry_run), media_type="application/json")
 
 
 class HotPath:
@@ -374,10 +373,10 @@ def ledger_routes() -> APIRouter:
         at_effective_date: Annotated[bool, Query(alias="atEffectiveDate")] = False,
         dry_run: Annotated[bool, Query(alias="dryRun")] = False,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None, _: Principal = Writer,
-    ) -> JSONResponse:
+    ) -> Response:
         command = RevertTransaction(transaction_id(tx_id, field="id"), force, idempotency_key, at_effective_date)
-        result = await server_of(request).write_one(ledger, command, dry_run=dry_run)
-        return JSONResponse({"data": result.to_json()}, status_code=201)
+        return Response(await server_of(request).write_one(ledger, command, dry_run=dry_run), status_code=201,
+                        media_type="application/json")
 
     def metadata_routes(kind: TargetType, path: str, target: Callable[[str], Any]) -> None:
         @r.post(f"/{{ledger}}/{path}/{{target_id}}/metadata", tags=["metadata"], status_code=204,

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ledger_api import MAX_BODY_BYTES
 from ledger_api.auth import TOKEN_SECONDS, Authority
-from ledger_api.writer_process import WriterClient
+from ledger_api.writer_process import WriterClient, answer_body
 from ledger_core.db import connect
 from ledger_core.ledgers import get_ledger
 from ledger_core.requests import Command
@@ -94,11 +94,12 @@ class Server:
         """Commands written atomically, in one database transaction of their own."""
         return await self.run(write, ledger, list(commands), dry_run=dry_run)
 
-    async def write_one(self, ledger: str, command: Command, *, dry_run: bool = False) -> WriteResult:
-        """One command, gathered with concurrent ones into a shared transaction when group commit is on."""
+    async def write_one(self, ledger: str, command: Command, *, dry_run: bool = False) -> bytes:
+        """One command, gathered with concurrent ones into a shared transaction when group commit is on; its
+        answer's JSON body (`{"data": ...}`)."""
         if self.writer is None or dry_run:
             [result] = await self.write(ledger, [command], dry_run=dry_run)
-            return result
+            return answer_body(result)
         await self.known_ledger(ledger)  # so a made-up ledger name starts no thread in the writer process
         return await self.writer.write(ledger, command)
 

@@ -1,15 +1,16 @@
 """The writer process: the one process of a server that writes, gathering every HTTP process's writes.
 
 Group commit gathers concurrent requests into one database transaction, but in the HTTP process its writer
-thread shares one interpreter lock with the event loop: each of the ~20 database round trips of a batch
-waits for the lock on its return while the loop parses requests and renders answers (a batch of 32 took
-57 ms there against 21 ms alone). And HTTP processes each with a committer of their own contend on the
+thread shares one interpreter lock with the event loop: each database round trip of a batch waited for the
+lock on its return while the loop parsed requests and rendered answers (a batch of 32 took 57 ms there
+against 21 ms alone). And HTTP processes each with a committer of their own contend on the
 ledger's lock as separate writers do. So `ledgerctl serve` starts one writer process holding the
 `GroupCommitter`; every HTTP process sends it its commands over a Unix socket and awaits the outcomes.
 
 Frames are a 4-byte big-endian length and a pickle: (id, ledger, command) one way, (id, outcome) the other,
-where an outcome is a `WriteResult`, a `LedgerError`, or `Unavailable` (anything else that went wrong, the
-database being down among them). Pickles are trusted because only this server's processes can reach the
+where an outcome is the answer's JSON body (`answer_body`: rendered here, so neither process pickles a
+`WriteResult` or builds its JSON twice), a `LedgerError`, or `Unavailable` (anything else that went wrong,
+the database being down among them). Pickles are trusted because only this server's processes can reach the
 socket: it lives in a directory only the server's user can open.
 
 The writer process exits when its parent's pipe on its standard input closes, so a killed server leaves no
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -59,6 +61,13 @@ class Unavailable:
 def frame(payload: object) -> bytes:
     data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(data)) + data
+
+
+def answer_body(result: WriteResult) -> bytes:
+    """A write's answer as the API sends it: `{"data": ...}` in JSON, rendered as Starlette's JSONResponse
+    renders (compact, UTF-8), so the body is the same whichever process wrote it."""
+    return json.dumps({"data": result.to_json()}, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode()
 
 
 # -- the writer process ---------------------------------------------------------------------------------------
@@ -119,7 +128,7 @@ def _send_answers(conn: socket.socket, answers: queue.SimpleQueue[tuple[int, Fut
                 continue
             request_id, future = item
             error = future.exception()
-            outcome: object = future.result() if error is None else error
+            outcome: object = answer_body(future.result()) if error is None else error
             if error is not None and not isinstance(error, LedgerError):
                 reason = str(error).strip()
                 outcome = Unavailable(reason.splitlines()[0] if reason else type(error).__name__)
@@ -204,13 +213,14 @@ class WriterClient:
         self._link: _Link | None = None
         self._connecting = asyncio.Lock()
 
-    async def write(self, ledger: str, command: Command) -> WriteResult:
+    async def write(self, ledger: str, command: Command) -> bytes:
+        """The command written by the writer process: its answer's JSON body (see `answer_body`)."""
         link = self._link or await self._connect()
         request_id = next(self._ids)
         outcome = link.pending[request_id] = asyncio.get_running_loop().create_future()
         link.send(frame((request_id, ledger, command)))
         result = await outcome
-        if isinstance(result, WriteResult):
+        if isinstance(result, bytes):
             return result
         if isinstance(result, Unavailable):
             raise psycopg.OperationalError(result.reason)

@@ -41,11 +41,24 @@ def _jsonb_key(key: str) -> tuple[int, bytes]:
     return len(raw), raw
 
 
+_CONTAINERS = (dict, list)
+
+
 def _jsonb_ordered(value: Any) -> Any:
+    # The writer's hot path (every log is hashed in its batch): no call per key or per scalar where avoidable.
     if isinstance(value, dict):
-        return {k: _jsonb_ordered(value[k]) for k in sorted(value, key=_jsonb_key)}
+        keys = sorted(value)  # a str's order is its UTF-8 bytes' order
+        if "".join(keys).isascii():
+            keys.sort(key=len)  # stable: by length, then bytes (an ASCII key's length is its byte length)
+        else:
+            keys.sort(key=_jsonb_key)
+        ordered = {}
+        for key in keys:
+            item = value[key]
+            ordered[key] = _jsonb_ordered(item) if isinstance(item, _CONTAINERS) else item
+        return ordered
     if isinstance(value, list):
-        return [_jsonb_ordered(v) for v in value]
+        return [_jsonb_ordered(item) if isinstance(item, _CONTAINERS) else item for item in value]
     return value
 
 

@@ -9,7 +9,10 @@ Locking, in this order, so that no two writers can wait on each other in a cycle
    writer at a time, so per ledger they are contiguous and become visible in id order. A reader that
    takes `id > cursor` therefore never skips a log that commits later (the pipelines rely on this).
 Then everything is computed in memory and written with a handful of set-based statements, so a bulk of
-thousands of transactions costs one commit and a constant number of round trips.
+thousands of transactions costs one commit and a constant number of round trips: two. The whole transaction
+runs in psycopg's pipeline mode: BEGIN goes with the locks and the reads that decide the batch, and every
+row written (as one JSON document per table) goes with the state updates and COMMIT. Under load a round trip
+costs far more than its statement: each waits for the database's process and ours to be scheduled again.
 
 Deadlocks and serialization failures (which the order above makes rare) are retried with backoff and
 never reach the caller.
@@ -47,7 +50,6 @@ from ledger_core.models import (
     TargetType,
     Transaction,
     Volumes,
-    volumes_to_json,
 )
 from ledger_core.reads import transaction_from_json, transaction_from_row
 from ledger_core.requests import (
@@ -92,11 +94,13 @@ def write(
         return []
     for attempt in range(MAX_ATTEMPTS):
         try:
-            with conn.transaction():
+            with conn.pipeline(), conn.transaction():
                 results = _Batch(conn, ledger, commands).run()
                 if dry_run:
                     raise psycopg.Rollback()  # swallowed by the block after rolling back
             return results
+        except pg_errors.ForeignKeyViolation:
+            raise LedgerNotFound(ledger) from None  # every reference is to the ledger; found in the first pipeline
         except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
             if attempt == MAX_ATTEMPTS - 1:
                 raise
@@ -136,6 +140,7 @@ class _TransactionRow:
     metadata: dict[str, str]
     reverted_at: datetime | None
     log_id: int
+    logged: dict[str, Any] = field(default_factory=dict)  # a new transaction's JSON as its log carries it
 
 
 @dataclass
@@ -147,17 +152,14 @@ class _Batch:
     accounts: dict[str, _AccountState] = field(default_factory=dict)
     originals: dict[int, _TransactionRow] = field(default_factory=dict)  # existing txs this batch touches
     new_transactions: dict[int, _TransactionRow] = field(default_factory=dict)
-    moves: list[tuple[Any, ...]] = field(default_factory=list)
+    moves: list[dict[str, Any]] = field(default_factory=list)
     daily: dict[tuple[str, str, date], list[int]] = field(default_factory=dict)  # (account, asset, day) -> in, out
-    logs: list[tuple[Any, ...]] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)
     results: list[WriteResult] = field(default_factory=list)
 
     # -- phases -----------------------------------------------------------------------------------
 
     def run(self) -> list[WriteResult]:
-        exists = self.conn.execute("SELECT 1 FROM ledger_core.ledgers WHERE name = %s", (self.ledger,))
-        if exists.fetchone() is None:
-            raise LedgerNotFound(self.ledger)
         self._load_originals()
         # Lock what the batch touches, then read what decides it: sent together, in this order, one round trip.
         pairs = sorted(self._touched_pairs())
@@ -274,7 +276,8 @@ class _Batch:
         for account, asset, input_, output in volumes.fetchall() if volumes else ():
             self.volumes[(account, asset)] = _VolumeState(int(input_), int(output))
         row = ledger.fetchone()
-        assert row is not None
+        if row is None:
+            raise LedgerNotFound(self.ledger)
         self.last_log_id: int = row[0]
         self.last_hash: bytes | None = bytes(row[1]) if row[1] is not None else None
         self.last_transaction_id: int = row[2]
@@ -323,8 +326,9 @@ class _Batch:
             idempotency_key=key, data_text=data_text,
         )
         self.last_hash = hashing.chain_hash(self.last_hash, canonical)
-        self.logs.append((self.ledger, self.last_log_id, str(log_type), self.date, key,
-                          fingerprint if key else None, data_text, self.last_hash, hashing.HASH_VERSION))
+        self.logs.append({"id": self.last_log_id, "type": str(log_type), "idempotency_key": key,
+                          "idempotency_hash": fingerprint if key else None, "data": data_text,
+                          "hash": self.last_hash})
         return Log(self.ledger, self.last_log_id, log_type, self.date, data, self.last_hash, key)
 
     def _touch_account(self, address: str, effective: datetime | None) -> _AccountState:
@@ -390,10 +394,11 @@ class _Batch:
 
     def _move(self, transaction_id: int, posting_index: int, account: str, asset: str, amount: int,
               is_source: bool, effective: datetime, state: _VolumeState) -> None:
-        self.moves.append((
-            self.ledger, transaction_id, posting_index, account, asset, amount, is_source, effective,
-            self.date, state.input, state.output,
-        ))
+        self.moves.append({
+            "transaction_id": transaction_id, "posting_index": posting_index, "account": account, "asset": asset,
+            "amount": amount, "is_source": is_source, "effective_date": effective, "post_commit_input": state.input,
+            "post_commit_output": state.output,
+        })
         # Effective-order history is kept per UTC day: a backdated move changes one day's row, never the moves
         # after it (see migration 4 and reads.balances).
         day = self.daily.setdefault((account, asset, effective.astimezone(UTC).date()), [0, 0])
@@ -415,8 +420,10 @@ class _Batch:
             timestamp=timestamp, inserted_at=self.date, reference=command.reference,
             pre_commit_volumes=pre, post_commit_volumes=post,
         )
-        self.new_transactions[tx_id] = _TransactionRow(tx, dict(command.metadata), None, self.last_log_id + 1)
-        data = {"transaction": tx.to_json(),
+        logged = tx.to_json()
+        self.new_transactions[tx_id] = _TransactionRow(tx, dict(command.metadata), None, self.last_log_id + 1,
+                                                       logged)
+        data = {"transaction": logged,
                 "accountMetadata": {a: dict(m) for a, m in command.account_metadata.items()}}
         return LogType.NEW_TRANSACTION, data, tx
 
@@ -442,11 +449,12 @@ class _Batch:
         tx = Transaction(id=tx_id, postings=tuple(r.posting for r in reversed_postings), metadata=metadata,
                          timestamp=timestamp, inserted_at=self.date, pre_commit_volumes=pre,
                          post_commit_volumes=post)
-        self.new_transactions[tx_id] = _TransactionRow(tx, dict(metadata), None, self.last_log_id + 1)
+        logged = tx.to_json()
+        self.new_transactions[tx_id] = _TransactionRow(tx, dict(metadata), None, self.last_log_id + 1, logged)
         original.reverted_at = self.date
         original.log_id = self.last_log_id + 1
         reverted = _current(original)
-        data = {"revertedTransaction": reverted.to_json(), "transaction": tx.to_json()}
+        data = {"revertedTransaction": reverted.to_json(), "transaction": logged}
         return LogType.REVERTED_TRANSACTION, data, tx
 
     def _metadata_target(self, command: SetMetadata | DeleteMetadata) -> dict[str, str]:
@@ -469,28 +477,20 @@ class _Batch:
     # -- writing --------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Write the batch: statements that need no answer but success, queued on the write's pipeline until
+        its COMMIT. Rows go as one JSON document per table (exact: numbers keep their digits)."""
         conn = self.conn
         if self.moves:
-            with conn.cursor().copy(
-                """COPY ledger_core.moves (ledger, transaction_id, posting_index, account, asset, amount,
-                       is_source, effective_date, insertion_date, post_commit_input, post_commit_output)
-                   FROM STDIN"""
-            ) as copy:
-                for move in self.moves:
-                    copy.write_row(move)
+            conn.execute(_INSERT_MOVES, (self.ledger, self.date, _json(self.moves)))
         if self.new_transactions:
-            with conn.cursor().copy(
-                """COPY ledger_core.transactions (ledger, id, timestamp, inserted_at, reference, metadata,
-                       postings, pre_commit_volumes, post_commit_volumes, reverted_at, log_id) FROM STDIN"""
-            ) as copy:
-                for row in self.new_transactions.values():
-                    tx = row.transaction
-                    copy.write_row((
-                        self.ledger, tx.id, tx.timestamp, tx.inserted_at, tx.reference, json.dumps(row.metadata),
-                        json.dumps([p.to_json() for p in tx.postings]),
-                        json.dumps(volumes_to_json(tx.pre_commit_volumes)),
-                        json.dumps(volumes_to_json(tx.post_commit_volumes)), row.reverted_at, row.log_id,
-                    ))
+            conn.execute(_INSERT_TRANSACTIONS, (self.ledger, _json([{
+                "id": row.transaction.id, "timestamp": row.transaction.timestamp,
+                "inserted_at": row.transaction.inserted_at, "reference": row.transaction.reference,
+                "metadata": row.metadata, "postings": row.logged["postings"],
+                "pre_commit_volumes": row.logged["preCommitVolumes"],
+                "post_commit_volumes": row.logged["postCommitVolumes"], "reverted_at": row.reverted_at,
+                "log_id": row.log_id,
+            } for row in self.new_transactions.values()])))
         changed = [row for row in self.originals.values()]
         if changed:
             conn.execute(
@@ -502,41 +502,33 @@ class _Batch:
                 ([r.transaction.id for r in changed], [json.dumps(r.metadata) for r in changed],
                  [r.reverted_at for r in changed], [r.log_id for r in changed], self.ledger),
             )
-        with conn.cursor().copy(
-            """COPY ledger_core.logs (ledger, id, type, date, idempotency_key, idempotency_hash, data, hash,
-                                      hash_version) FROM STDIN"""
-        ) as copy:
-            for log_row in self.logs:
-                copy.write_row(log_row)
-        # The statements left need no answer but success: one round trip for all of them.
-        with conn.pipeline():
-            self._flush_state()
+        conn.execute(_INSERT_LOGS, (self.ledger, self.date, hashing.HASH_VERSION, _json(self.logs)))
+        self._flush_state()
 
     def _flush_state(self) -> None:
         conn = self.conn
         if self.volumes:
-            items = sorted(self.volumes.items())
             conn.execute(
-                """UPDATE ledger_core.volumes v
-                   SET input = u.input::numeric, output = u.output::numeric
-                   FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(account, asset, input, output)
+                """UPDATE ledger_core.volumes v SET input = u.input, output = u.output
+                   FROM json_to_recordset(%s::json) AS u(account text, asset text, input numeric, output numeric)
                    WHERE v.ledger = %s AND v.account = u.account AND v.asset = u.asset""",
-                ([a for (a, _), _s in items], [s for (_, s), _s in items], [str(st.input) for _, st in items],
-                 [str(st.output) for _, st in items], self.ledger),
+                (_json([{"account": account, "asset": asset, "input": state.input, "output": state.output}
+                        for (account, asset), state in sorted(self.volumes.items())]), self.ledger),
             )
         dirty = sorted((a, s) for a, s in self.accounts.items() if s.dirty)
         if dirty:
             conn.execute(
                 """INSERT INTO ledger_core.accounts (ledger, address, metadata, first_usage, insertion_date,
                                                      updated_at)
-                   SELECT %s, u.address, u.metadata::jsonb, u.first_usage, u.insertion_date, %s
-                   FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[])
-                        AS u(address, metadata, first_usage, insertion_date)
+                   SELECT %s, u.address, u.metadata, u.first_usage, coalesce(u.insertion_date, %s), %s
+                   FROM json_to_recordset(%s::json)
+                        AS u(address text, metadata jsonb, first_usage timestamptz, insertion_date timestamptz)
                    ON CONFLICT (ledger, address) DO UPDATE
                    SET metadata = excluded.metadata, first_usage = excluded.first_usage,
                        updated_at = excluded.updated_at""",
-                (self.ledger, self.date, [a for a, _ in dirty], [json.dumps(s.metadata) for _, s in dirty],
-                 [s.first_usage for _, s in dirty], [s.insertion_date or self.date for _, s in dirty]),
+                (self.ledger, self.date, self.date, _json([
+                    {"address": address, "metadata": state.metadata, "first_usage": state.first_usage,
+                     "insertion_date": state.insertion_date} for address, state in dirty])),
             )
         self._add_daily_volumes()
         conn.execute(
@@ -552,16 +544,15 @@ class _Batch:
         writer can touch these rows now: it holds the lock of every (account, asset) they belong to."""
         if not self.daily:
             return
-        items = sorted(self.daily.items())
         self.conn.execute(
             """INSERT INTO ledger_core.daily_volumes AS d (ledger, account, asset, day, input, output)
-               SELECT %s, u.account, u.asset, u.day, u.input::numeric, u.output::numeric
-               FROM unnest(%s::text[], %s::text[], %s::date[], %s::text[], %s::text[])
-                    AS u(account, asset, day, input, output)
+               SELECT %s, u.account, u.asset, u.day, u.input, u.output
+               FROM json_to_recordset(%s::json)
+                    AS u(account text, asset text, day date, input numeric, output numeric)
                ON CONFLICT (ledger, account, asset, day) DO UPDATE
                SET input = d.input + excluded.input, output = d.output + excluded.output""",
-            (self.ledger, [a for (a, _, _), _v in items], [s for (_, s, _), _v in items],
-             [d for (_, _, d), _v in items], [str(v[0]) for _, v in items], [str(v[1]) for _, v in items]),
+            (self.ledger, _json([{"account": account, "asset": asset, "day": day, "input": flows[0],
+                                  "output": flows[1]} for (account, asset, day), flows in sorted(self.daily.items())])),
         )
 
 
@@ -578,3 +569,42 @@ def _transaction_of(log: Log) -> Transaction | None:
     if log.type in (LogType.NEW_TRANSACTION, LogType.REVERTED_TRANSACTION):
         return transaction_from_json(log.data["transaction"])
     return None
+
+
+# The batch's rows, inserted from one JSON document per table in the order written (moves take their `seq` in
+# it). Numbers are read as numeric from their digits; timestamps and bytes are written by `_json_value`.
+_INSERT_MOVES = """
+    INSERT INTO ledger_core.moves (ledger, insertion_date, transaction_id, posting_index, account, asset, amount,
+                                   is_source, effective_date, post_commit_input, post_commit_output)
+    SELECT %s, %s, transaction_id, posting_index, account, asset, amount, is_source, effective_date,
+           post_commit_input, post_commit_output
+    FROM ROWS FROM (json_to_recordset(%s::json) AS (
+        transaction_id bigint, posting_index integer, account text, asset text, amount numeric, is_source boolean,
+        effective_date timestamptz, post_commit_input numeric, post_commit_output numeric)) WITH ORDINALITY AS r(
+        transaction_id, posting_index, account, asset, amount, is_source, effective_date, post_commit_input,
+        post_commit_output, n)
+    ORDER BY n"""
+_INSERT_TRANSACTIONS = """
+    INSERT INTO ledger_core.transactions (ledger, id, timestamp, inserted_at, reference, metadata, postings,
+                                          pre_commit_volumes, post_commit_volumes, reverted_at, log_id)
+    SELECT %s, r.* FROM json_to_recordset(%s::json) AS r(
+        id bigint, timestamp timestamptz, inserted_at timestamptz, reference text, metadata jsonb, postings jsonb,
+        pre_commit_volumes jsonb, post_commit_volumes jsonb, reverted_at timestamptz, log_id bigint)"""
+_INSERT_LOGS = """
+    INSERT INTO ledger_core.logs (ledger, date, hash_version, id, type, idempotency_key, idempotency_hash, data,
+                                  hash)
+    SELECT %s, %s, %s, id, type, idempotency_key, idempotency_hash, data::jsonb, hash
+    FROM json_to_recordset(%s::json) AS r(
+        id bigint, type text, idempotency_key text, idempotency_hash bytea, data text, hash bytea)"""
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, date):  # and datetime
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()  # bytea's hex input
+    raise TypeError(f"{type(value).__name__} is not written as JSON here")
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, default=_json_value, ensure_ascii=False)
