@@ -13,4 +13,5 @@ if __name__ == "__main__":
                              "verify", "check_cost"]
     for name in names:
         print(f"\n=== {name} ===", flush=True)
+        sys.argv = [str(HERE / f"{name}.py")]  # each parses its own arguments: none of ours
         runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")

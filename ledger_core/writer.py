@@ -11,8 +11,8 @@ Locking, in this order, so that no two writers can wait on each other in a cycle
 Then everything is computed in memory and written with a handful of set-based statements, so a bulk of
 thousands of transactions costs one commit and a constant number of round trips: two. The whole transaction
 runs in psycopg's pipeline mode: BEGIN goes with the locks and the reads that decide the batch, and every
-row written (as one JSON document per table) goes with the state updates and COMMIT. Under load a round trip
-costs far more than its statement: each waits for the database's process and ours to be scheduled again.
+row written (as one JSON document per table: one `json.dumps`, where COPY rows and psycopg's arrays cost
+Python per value) goes with the state updates and COMMIT.
 
 Deadlocks and serialization failures (which the order above makes rare) are retried with backoff and
 never reach the caller.
