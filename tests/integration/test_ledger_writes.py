@@ -81,6 +81,40 @@ def test_unknown_ledger_is_refused(conn):
         send(conn, "no-such-ledger", posting("world", "a", 1))
 
 
+def test_a_refusal_inside_the_pipelined_write_leaves_the_connection_usable(conn, ledger):
+    # A write is one pipeline: an unknown ledger surfaces there as the volumes' foreign key (new accounts) or as
+    # no ledger row (metadata only), and the next write on the same connection must not see the aborted one.
+    with pytest.raises(LedgerNotFound):
+        send(conn, "no-such-ledger", posting("world", "new:account", 1))
+    with pytest.raises(LedgerNotFound):
+        write(conn, "no-such-ledger", [SetMetadata.build("ACCOUNT", "a", {"k": "v"})])
+    with pytest.raises(InsufficientFunds):
+        send(conn, ledger, posting("empty", "b", 1))
+    result = send(conn, ledger, posting("world", "new:account", 1))
+    assert result.log.id == 1 and counts(conn, ledger)["moves"] == 2
+
+
+def test_a_serialization_failure_inside_the_pipeline_is_retried(conn, ledger, monkeypatch):
+    # The database's own error (SQLSTATE 40001), raised among the batch's pipelined locks on the first attempt
+    # only: the write retries in a new transaction and commits once.
+    from ledger_core import writer
+
+    attempts = []
+    lock_ledger = writer._Batch._lock_ledger
+
+    def failing_once(batch):  # type: ignore[no-untyped-def]
+        attempts.append(1)
+        if len(attempts) == 1:
+            batch.conn.execute("DO $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$")
+        return lock_ledger(batch)
+
+    monkeypatch.setattr(writer._Batch, "_lock_ledger", failing_once)
+    result = send(conn, ledger, posting("world", "a", 5))
+    assert len(attempts) == 2 and result.log.id == 1
+    assert counts(conn, ledger) == {"logs": 1, "transactions": 1, "moves": 2, "accounts": 2, "volumes": 2,
+                                    "last_log_id": 1}
+
+
 def test_idempotency_replay_returns_original_and_writes_nothing(conn, ledger):
     first = send(conn, ledger, posting("world", "a", 5), idempotency_key="k1")
     before = counts(conn, ledger)
