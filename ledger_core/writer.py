@@ -9,10 +9,12 @@ Locking, in this order, so that no two writers can wait on each other in a cycle
    writer at a time, so per ledger they are contiguous and become visible in id order. A reader that
    takes `id > cursor` therefore never skips a log that commits later (the pipelines rely on this).
 Then everything is computed in memory and written with a handful of set-based statements, so a bulk of
-thousands of transactions costs one commit and a constant number of round trips: two. The whole transaction
-runs in psycopg's pipeline mode: BEGIN goes with the locks and the reads that decide the batch, and every
-row written (as one JSON document per table: one `json.dumps`, where COPY rows and psycopg's arrays cost
-Python per value) goes with the state updates and COMMIT.
+thousands of transactions costs one commit and a constant number of round trips: four. BEGIN; the locks and
+the reads that decide the batch, sent together in psycopg's pipeline mode; every row written (one JSON
+document per table: one `json.dumps`, where COPY rows and psycopg's arrays cost Python per value) with the
+state updates, in another pipeline; COMMIT. (BEGIN and COMMIT inside an enclosing pipeline would save two
+round trips, but under load the round trips changed little, and a database error must then cross two
+pipelines' closing; see `_pipelined`.)
 
 Deadlocks and serialization failures (which the order above makes rare) are retried with backoff and
 never reach the caller.
@@ -23,7 +25,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -94,13 +97,13 @@ def write(
         return []
     for attempt in range(MAX_ATTEMPTS):
         try:
-            with conn.pipeline(), conn.transaction():
+            with conn.transaction():
                 results = _Batch(conn, ledger, commands).run()
                 if dry_run:
                     raise psycopg.Rollback()  # swallowed by the block after rolling back
             return results
         except pg_errors.ForeignKeyViolation:
-            raise LedgerNotFound(ledger) from None  # every reference is to the ledger; found in the first pipeline
+            raise LedgerNotFound(ledger) from None  # every reference is to the ledger: a volumes row refused
         except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure):
             if attempt == MAX_ATTEMPTS - 1:
                 raise
@@ -163,7 +166,7 @@ class _Batch:
         self._load_originals()
         # Lock what the batch touches, then read what decides it: sent together, in this order, one round trip.
         pairs = sorted(self._touched_pairs())
-        with self.conn.pipeline():
+        with _pipelined(self.conn):
             volumes = self._lock_volumes(pairs)
             ledger = self._lock_ledger()
             conflicts = self._check_conflicts()
@@ -477,8 +480,13 @@ class _Batch:
     # -- writing --------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Write the batch: statements that need no answer but success, queued on the write's pipeline until
-        its COMMIT. Rows go as one JSON document per table (exact: numbers keep their digits)."""
+        """Write the batch: statements that need no answer but success, sent together in one pipeline. Rows go
+        as one JSON document per table (exact: numbers keep their digits)."""
+        with _pipelined(self.conn):
+            self._write_rows()
+            self._flush_state()
+
+    def _write_rows(self) -> None:
         conn = self.conn
         if self.moves:
             conn.execute(_INSERT_MOVES, (self.ledger, self.date, _json(self.moves)))
@@ -503,7 +511,6 @@ class _Batch:
                  [r.reverted_at for r in changed], [r.log_id for r in changed], self.ledger),
             )
         conn.execute(_INSERT_LOGS, (self.ledger, self.date, hashing.HASH_VERSION, _json(self.logs)))
-        self._flush_state()
 
     def _flush_state(self) -> None:
         conn = self.conn
@@ -570,6 +577,26 @@ def _transaction_of(log: Log) -> Transaction | None:
         return transaction_from_json(log.data["transaction"])
     return None
 
+
+
+@contextmanager
+def _pipelined(conn: psycopg.Connection) -> Iterator[None]:
+    """psycopg's pipeline mode, where a database error is raised once. psycopg may raise it inside the block
+    (reading results early), and then, failing again to close the aborted pipeline, logs it on stderr: a second
+    line after a CLI's one clear line. Here an error in the block waits for the pipeline to close, and the
+    block's own error wins over the closing's `PipelineAborted`."""
+    failure: Exception | None = None
+    try:
+        with conn.pipeline():
+            try:
+                yield
+            except Exception as exc:
+                failure = exc
+    except psycopg.Error:
+        if failure is None:
+            raise
+    if failure is not None:
+        raise failure
 
 # The batch's rows, inserted from one JSON document per table in the order written (moves take their `seq` in
 # it). Numbers are read as numeric from their digits; timestamps and bytes are written by `_json_value`.

@@ -21,8 +21,9 @@ takes. Why not the ledger's own typed tables: the warehouse would then receive v
 not vouch for; every value computed here comes from log text the sync checked link by link.
 
 Money is never a float: JSON numbers are read as their digits, summed as BIGNUM (arbitrary precision), and
-handed to Arrow as decimal256(76, 0) through their text. A value wider than the warehouse holds stops the
-batch naming the earliest log that carries one.
+cast once from their text to the Arrow type the warehouse takes (`Money`: decimal256(76, 0) by default,
+DuckDB's decimal128, or the digits as text). A value wider than the warehouse holds stops the batch naming
+the earliest log that carries one.
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ class Dialect:
     name: str
     types: Mapping[Kind, str]
     money_digits: int  # exact digits of the money type: larger values stop the pipeline
-    arrow_money: pa.DataType = ARROW_TYPES[Kind.MONEY]  # money as the bulk path takes it: batches come so
+    arrow_money: pa.DataType = ARROW_TYPES[Kind.MONEY]  # the Arrow type its bulk path takes money in
     max_identifier_length: int = 63
     quote: str = '"'
     fold: Fold = Fold.NONE
