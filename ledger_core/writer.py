@@ -578,7 +578,6 @@ def _transaction_of(log: Log) -> Transaction | None:
     return None
 
 
-
 @contextmanager
 def _pipelined(conn: psycopg.Connection) -> Iterator[None]:
     """psycopg's pipeline mode, where a database error is raised once. psycopg may raise it inside the block
@@ -597,6 +596,7 @@ def _pipelined(conn: psycopg.Connection) -> Iterator[None]:
             raise
     if failure is not None:
         raise failure
+
 
 # The batch's rows, inserted from one JSON document per table in the order written (moves take their `seq` in
 # it). Numbers are read as numeric from their digits; timestamps and bytes are written by `_json_value`.

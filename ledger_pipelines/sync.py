@@ -331,7 +331,7 @@ def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pip
 def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, after: int, up_to: int, limit: int,
                       previous: bytes | None, previous_version: int, money: Money | None) -> Iterator[Prepared]:
     """The logs `after < id <= up_to` in contiguous batches, each checked link by link (continuing from the
-    hash `previous` of log `after`) before it is handed over, unpacked, and given a warehouse's `money`, its
+    hash `previous` of log `after`) before it is handed over; given a warehouse's `money`, also unpacked and its
     BATCH_ONLY tables computed for that warehouse. The next batch is read, checked and prepared on a worker
     thread while the caller folds and loads this one: PostgreSQL, the check, the transforms and the warehouse
     work at the same time."""
@@ -342,7 +342,9 @@ def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, 
         logs = reader.read(ledger, after=after, up_to=up_to, limit=left if left <= limit * 5 // 4 else limit)
         if not logs.num_rows:
             raise LogGap(ledger, after + 1, after)
-        prepared = transformer.prepare(logs) if money is None else transformer.prepare(logs, ledger, money)
+        # A delivery sends the logs as read: unpacking them would only fill the transformer's database, batch
+        # after batch, until the sync ends (nothing drops what `transform` never sees).
+        prepared = Prepared(logs, None) if money is None else transformer.prepare(logs, ledger, money)
         # Every link, recomputed set-based; only a batch where that finds a mismatch (a version-1 log counts as
         # one) is checked log by log, which gives the verdict and names the log.
         if not transformer.links_hold(ledger, logs, previous):

@@ -291,10 +291,11 @@ BATCH_ONLY = (LOGS, POSTINGS, MOVES, BALANCES)
 @dataclass(frozen=True)
 class Prepared:
     """A batch of logs unpacked into its own schema of the transformer's database (see `Transformer.prepare`),
-    with its BATCH_ONLY tables when prepared for a ledger and a warehouse's money."""
+    with its BATCH_ONLY tables when prepared for a ledger and a warehouse's money. With no schema, the logs
+    alone, not unpacked (what a delivery needs; `transform` unpacks them if given one)."""
 
     logs: pa.Table
-    schema: str
+    schema: str | None
     ledger: str | None = None
     money: Money = WIDEST_MONEY
     tables: dict[str, pa.Table] = field(default_factory=dict)
@@ -357,7 +358,10 @@ class Transformer:
         `money` is how the warehouse takes it: a wider value stops the batch naming the earliest log carrying
         one, and money columns come in its Arrow type.
         """
-        prepared = logs if isinstance(logs, Prepared) else self.prepare(logs)
+        if isinstance(logs, Prepared) and logs.schema is not None:
+            prepared = logs
+        else:
+            prepared = self.prepare(logs.logs if isinstance(logs, Prepared) else logs)
         db = self._db
         db.execute(f"SET schema = '{prepared.schema}'")
         db.register("log", prepared.logs)
