@@ -328,7 +328,7 @@ def main() -> None:
          for r in results],
     )
     print(f"\nours syncs in batches of {DEFAULT_BATCH_SIZE:,} logs. Its peak memory (MiB) after each batch of the full "
-          "syncs, flat once the batch's working set and DuckDB's WAL (checkpointed at 256 MB) are reached:")
+          "syncs, flat once the batches in flight and DuckDB's data awaiting a checkpoint (at 256 MB) are reached:")
     for r in results:
         if r["phase"] == "full" and r["peak_mib_by_batch"]:
             print(f"  {r['shape']}, {r['way']}: {r['peak_mib_by_batch']}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
@@ -189,7 +189,6 @@ def sync_pipeline(
                 raise
 
 
-
 @dataclass
 class _Progress:
     """What one sync has loaded so far, across its attempts."""
@@ -328,41 +327,76 @@ def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pip
                       time.perf_counter() - started)
 
 
+# Batches read ahead of the one the caller is loading: enough for every stage to have work, few enough that memory
+# follows the batch size (measured: as with one batch prepared ahead).
+LOOKAHEAD = 2
+
+
 def _verified_batches(reader: LogReader, transformer: Transformer, ledger: str, after: int, up_to: int, limit: int,
                       previous: bytes | None, previous_version: int, money: Money | None) -> Iterator[Prepared]:
     """The logs `after < id <= up_to` in contiguous batches, each checked link by link (continuing from the
-    hash `previous` of log `after`) before it is handed over; given a warehouse's `money`, also unpacked and its
-    BATCH_ONLY tables computed for that warehouse. The next batch is read, checked and prepared on a worker
-    thread while the caller folds and loads this one: PostgreSQL, the check, the transforms and the warehouse
-    work at the same time."""
+    hash `previous` of log `after`) before it is handed over; given a warehouse's `money`, also unpacked, with its
+    BATCH_ONLY tables for that warehouse (`Prepared.ahead`: maybe still being computed).
 
-    def read(after: int, previous: bytes | None, previous_version: int) -> Prepared:
-        # No runt batch: what would be left after this one, if under a quarter of a batch, comes with it.
-        left = up_to - after
-        logs = reader.read(ledger, after=after, up_to=up_to, limit=left if left <= limit * 5 // 4 else limit)
-        if not logs.num_rows:
-            raise LogGap(ledger, after + 1, after)
-        # A delivery sends the logs as read: unpacking them would only fill the transformer's database, batch
-        # after batch, until the sync ends (nothing drops what `transform` never sees).
-        prepared = Prepared(logs, None) if money is None else transformer.prepare(logs, ledger, money)
+    Every stage of the next batches runs while the caller folds and loads one, on two threads: one reads each
+    batch from PostgreSQL (whose own process does most of that work) and checks its links, the other unpacks it
+    and computes its BATCH_ONLY tables, the latter while the caller folds the same batch. Batch boundaries are
+    known in advance (log ids are contiguous, which the reader checks), so a batch is read as soon as the
+    thread is free, at most LOOKAHEAD batches ahead. (Reading, checking, unpacking and computing on one thread,
+    a batch ahead, had set the pace of a full sync, and a sync of one batch had done everything in turn.)
+    """
+
+    def read(after: int, size: int) -> pa.Table:
+        logs = reader.read(ledger, after=after, up_to=up_to, limit=size)
+        if logs.num_rows != size:
+            raise LogGap(ledger, after + logs.num_rows + 1, after + logs.num_rows)
+        return logs
+
+    def check(read_logs: Future[pa.Table], after: int, link: Future[pa.Table] | tuple[bytes | None, int]) -> None:
+        logs = read_logs.result()
+        if isinstance(link, Future):  # the batch before, read (and checked) already: the same thread, in order
+            before = link.result()
+            link = bytes.fromhex(before.column("hash")[-1].as_py()), before.column("hash_version")[-1].as_py()
         # Every link, recomputed set-based; only a batch where that finds a mismatch (a version-1 log counts as
         # one) is checked log by log, which gives the verdict and names the log.
-        if not transformer.links_hold(ledger, logs, previous):
-            broken = export.first_broken_link(ledger, logs, previous=previous, previous_id=after,
-                                              previous_version=previous_version)
+        if not transformer.links_hold(ledger, logs, link[0]):
+            broken = export.first_broken_link(ledger, logs, previous=link[0], previous_id=after,
+                                              previous_version=link[1])
             if broken is not None:
                 raise LogChainBroken(ledger, broken.log_id, broken.reason)
-        return prepared
 
-    with ThreadPoolExecutor(1, thread_name_prefix="log-reader") as worker:
-        ahead: Future[Prepared] | None = worker.submit(read, after, previous, previous_version)
-        while ahead is not None:
-            prepared = ahead.result()
-            logs = prepared.logs
-            last = logs.column("id")[-1].as_py()
-            ahead = worker.submit(read, last, bytes.fromhex(logs.column("hash")[-1].as_py()),
-                                  logs.column("hash_version")[-1].as_py()) if last < up_to else None
-            yield prepared
+    def unpack(read_logs: Future[pa.Table]) -> Prepared:
+        # A delivery sends the logs as read: unpacking them would only fill the transformer's database, batch
+        # after batch, until the sync ends (nothing drops what `transform` never sees).
+        logs = read_logs.result()
+        return Prepared(logs, None) if money is None else replace(transformer.unpack(logs), ledger=ledger,
+                                                                  money=money)
+
+    def batch_tables(unpacked: Future[Prepared]) -> dict[str, pa.Table]:
+        batch = unpacked.result()
+        return transformer.batch_tables(batch, ledger, batch.money)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="log-reader") as reading, \
+            ThreadPoolExecutor(1, thread_name_prefix="log-preparer") as preparing:
+        pending: deque[tuple[Future[None], Future[Prepared], Future[dict[str, pa.Table]] | None]] = deque()
+        link: Future[pa.Table] | tuple[bytes | None, int] = (previous, previous_version)
+        try:
+            while pending or after < up_to:
+                while after < up_to and len(pending) <= LOOKAHEAD:
+                    # No runt batch: what would be left after this one, if under a quarter of a batch, comes with it.
+                    size = up_to - after if up_to - after <= limit * 5 // 4 else limit
+                    read_logs = reading.submit(read, after, size)
+                    checked = reading.submit(check, read_logs, after, link)
+                    unpacked = preparing.submit(unpack, read_logs)
+                    tables = None if money is None else preparing.submit(batch_tables, unpacked)
+                    pending.append((checked, unpacked, tables))
+                    after, link = after + size, read_logs
+                checked, unpacked, tables = pending.popleft()
+                checked.result()  # nothing of a batch is handed over before its links are checked
+                yield replace(unpacked.result(), ahead=tables)
+        finally:  # what was read ahead is not needed: the caller stopped
+            reading.shutdown(cancel_futures=True)
+            preparing.shutdown(cancel_futures=True)
 
 
 def _load(conn: psycopg.Connection, pipeline: registry.Pipeline, loader: Loader, transformer: Transformer,

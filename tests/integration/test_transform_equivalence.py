@@ -16,11 +16,16 @@ every batch and replay has been merged, with the ledger's own tables and logs.
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pyarrow as pa
+import pyarrow.ipc
 import pytest
 
 from ledger_core.requests import DeleteMetadata, NewTransaction, RevertTransaction, SetMetadata
@@ -270,3 +275,20 @@ def test_the_set_based_link_check_accepts_the_writers_hashes_and_nothing_else(
         assert not transformer.links_hold(ledger, logs.set_column(logs.schema.get_field_index("data"), "data",
                                                                   pa.array(data)), None)
         assert not transformer.links_hold("another", logs, None)
+
+
+def test_the_link_check_holds_on_a_machine_outside_utc(
+        conn: psycopg.Connection, database_url: str, ledger: str, tmp_path: Path) -> None:
+    # DuckDB prints a timestamp in its session's time zone, and a cursor does not inherit its connection's: on
+    # a machine set to New York, every batch had failed the fast path and been checked log by log in Python.
+    write_random_ledger(conn, ledger, random.Random(12), writes=40)
+    with LogReader(database_url) as reader:
+        logs = reader.read(ledger, after=0, up_to=10**9, limit=10**9)
+    with pa.OSFile(str(tmp_path / "logs.arrow"), "wb") as sink, pa.ipc.new_file(sink, logs.schema) as writer:
+        writer.write_table(logs)
+    check = ("import sys, pyarrow as pa; from ledger_pipelines.transforms import Transformer; "
+             "logs = pa.ipc.open_file(pa.memory_map(sys.argv[2])).read_all(); "
+             "print(Transformer().links_hold(sys.argv[1], logs, None))")
+    said = subprocess.run([sys.executable, "-c", check, ledger, str(tmp_path / "logs.arrow")], capture_output=True,
+                          text=True, env={**os.environ, "TZ": "America/New_York"}, check=True)
+    assert said.stdout.strip() == "True", said.stderr

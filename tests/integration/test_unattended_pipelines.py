@@ -1,4 +1,5 @@
-"""A pipeline left alone: a warehouse restored from an older copy, an analyst holding the DuckDB file."""
+"""A pipeline left alone: a warehouse restored from an older copy, a sync killed mid-run, an analyst holding the
+DuckDB file."""
 
 from __future__ import annotations
 
@@ -46,12 +47,44 @@ def test_a_warehouse_restored_from_an_older_copy_catches_up(conn, ledger, duckdb
     sync_pipeline(conn.info.dsn, pipeline.id, environ={})
     shutil.copy(path.with_suffix(".backup"), path)  # the operator restores last night's copy
     _writes(conn, ledger, 2)
+    _replays_to_the_head(conn, ledger, pipeline, held=10, cursor=15, head=17)
+
+
+def _replays_to_the_head(conn, ledger, pipeline, *, held: int, cursor: int, head: int) -> None:
+    """The next sync notices the warehouse holds logs up to `held` only, the cursor at `cursor`, and replays to
+    `head`: the warehouse then equals the ledger, every log once."""
     report = sync_pipeline(conn.info.dsn, pipeline.id, environ={})
-    assert (report.from_log_id, report.to_log_id) == (11, 17)
-    assert "held logs up to 10 only" in report.note and "cursor stood at 15" in report.note
+    assert (report.from_log_id, report.to_log_id) == (held + 1, head)
+    assert f"held logs up to {held} only" in report.note and f"cursor stood at {cursor}" in report.note
     with _loader(conn, pipeline) as loader:
         assert_warehouse_equals_ledger(conn, loader, ledger, pipeline.id)
-        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == list(range(1, 18))
+        assert loader.read_table(LOGS, ledger).column("id").to_pylist() == list(range(1, head + 1))
+
+
+def test_a_sync_killed_mid_run_replays_what_the_warehouse_had_not_checkpointed(conn, ledger, duckdb_pipeline):
+    # DuckDB is attached without a write-ahead log: what a sync commits reaches the file at the next checkpoint
+    # (at 256 MB, or when the sync ends). A process killed before then leaves the file as it last was, the cursor
+    # ahead of it; the next sync finds the warehouse behind and replays, with nothing lost or loaded twice.
+    pipeline, _ = duckdb_pipeline
+    _writes(conn, ledger, 10)
+    sync_pipeline(conn.info.dsn, pipeline.id, environ={})
+    _writes(conn, ledger, 20)
+    killed_at_third_load = (
+        "import os, signal, sys\n"
+        "from ledger_pipelines.sync import sync_pipeline\n"
+        "loads = []\n"
+        "def fault(point):\n"
+        "    if point == 'after_load':\n"
+        "        loads.append(point)\n"
+        "        if len(loads) == 3:\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "sync_pipeline(sys.argv[1], sys.argv[2], environ={}, batch_size=5, fault=fault)\n")
+    run = subprocess.run([sys.executable, "-c", killed_at_third_load, conn.info.dsn, pipeline.id], timeout=120)
+    assert run.returncode == -9
+    assert registry.get_pipeline(conn, pipeline.id).last_log_id == 20  # two batches acknowledged, then killed
+    with _loader(conn, pipeline) as loader:
+        assert loader.last_log_id(ledger) == 10  # the file as the first sync left it
+    _replays_to_the_head(conn, ledger, pipeline, held=10, cursor=20, head=30)
 
 
 def _hold(path, seconds: float) -> subprocess.Popen:
