@@ -87,6 +87,25 @@ def test_a_sync_killed_mid_run_replays_what_the_warehouse_had_not_checkpointed(c
     _replays_to_the_head(conn, ledger, pipeline, held=10, cursor=20, head=30)
 
 
+def test_a_write_ahead_log_left_by_an_older_version_is_replayed(tmp_path):
+    # Files written before the loader dropped its WAL may hold one, if that sync was killed: it must still count.
+    path = tmp_path / "w.duckdb"
+    killed_after_a_commit = (
+        "import duckdb, os, signal, sys\n"
+        "con = duckdb.connect(sys.argv[1])\n"
+        "con.execute('CREATE TABLE t (i INTEGER)')\n"
+        "con.execute('CHECKPOINT')\n"
+        "con.execute('INSERT INTO t SELECT * FROM range(1000)')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", killed_after_a_commit, str(path)], timeout=60)
+    assert path.with_suffix(".duckdb.wal").exists()
+    from ledger_pipelines.loaders.duckdb import DuckDBLoader
+
+    with DuckDBLoader({"path": str(path)}, {}) as loader:
+        assert loader.query("SELECT count(*) FROM t") == [(1000,)]
+    assert not path.with_suffix(".duckdb.wal").exists()
+
+
 def _hold(path, seconds: float) -> subprocess.Popen:
     """An analyst's session on the warehouse file (read-only, as the README advises: it still takes a lock)."""
     holder = subprocess.Popen(
