@@ -150,16 +150,20 @@ def sync_pipeline(
                 while True:
                     done.attempts += 1
                     try:
-                        with open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
+                        # The reader connects in the background while the warehouse opens (none if caught up:
+                        # `_sync` opens one if the warehouse turns out to be behind).
+                        with (LogReader(database_url) if reader is None and pipeline.lag else nullcontext(reader)
+                              ) as opened_reader, \
+                                open_loader(exporter.driver, exporter.config, environ, fail_at) as loader:
                             if isinstance(loader, LogSink):  # no warehouse: nothing to check but freshness
                                 report = _deliver(conn, database_url, pipeline, loader, batch_size, progress,
-                                                  fail_at, started, reader, done)
+                                                  fail_at, started, opened_reader, done)
                                 if verify_after:
                                     report = replace(report, checks=[
                                         freshness(registry.get_pipeline(conn, pipeline_id))])
                             else:
                                 report = _sync(conn, database_url, pipeline, loader, batch_size, progress,
-                                               fail_at, started, reader, done)
+                                               fail_at, started, opened_reader, done)
                             if verify_after and not isinstance(loader, LogSink):
                                 checks = verify(conn, loader, pipeline.ledger, report.to_log_id,
                                                 **done.check_scope(report.to_log_id))
@@ -261,7 +265,7 @@ def _reconcile(conn: psycopg.Connection, loader: Loader, pipeline: registry.Pipe
 
 
 def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, loader: Loader, batch_size: int,
-          progress: Progress | None, fault: FaultHook, started: float, shared_reader: LogReader | None,
+          progress: Progress | None, fault: FaultHook, started: float, opened_reader: LogReader | None,
           done: _Progress) -> SyncReport:
     cursor, previous_hash, previous_version = _reconcile(conn, loader, pipeline, done)
     target = pipeline.ledger_last_log_id
@@ -269,7 +273,7 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
     # pipeline's rows stay when its state is gone. Only batches after it may be appended (see Loader.load).
     held = loader.last_log_id(pipeline.ledger) if loader.appends and cursor < target else target
     if cursor < target:
-        with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader, \
+        with nullcontext(opened_reader) if opened_reader else LogReader(database_url) as reader, \
                 Transformer() as transformer, closing(_verified_batches(
                     reader, transformer, pipeline.ledger, cursor, target, batch_size, previous_hash,
                     previous_version, loader.money)) as batches:
@@ -297,7 +301,7 @@ def _sync(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeli
 
 def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pipeline, sink: LogSink,
              batch_size: int, progress: Progress | None, fault: FaultHook, started: float,
-             shared_reader: LogReader | None, done: _Progress) -> SyncReport:
+             opened_reader: LogReader | None, done: _Progress) -> SyncReport:
     """The logs after the cursor to a sink, one delivery per batch (at most the sink's size), each checked link
     by link first; the cursor moves after each acknowledged delivery. Killed between the two, the next sync
     delivers the same logs again (at least once; the sink's receiver deduplicates by log id)."""
@@ -306,7 +310,7 @@ def _deliver(conn: psycopg.Connection, database_url: str, pipeline: registry.Pip
         link = export.log_link(conn, pipeline.ledger, cursor) if cursor else None
         if cursor and link is None:
             raise LogChainBroken(pipeline.ledger, cursor, "the ledger no longer holds this exported log")
-        with nullcontext(shared_reader) if shared_reader else LogReader(database_url) as reader, \
+        with nullcontext(opened_reader) if opened_reader else LogReader(database_url) as reader, \
                 Transformer() as transformer, closing(_verified_batches(
                     reader, transformer, pipeline.ledger, cursor, target,
                     min(batch_size, sink.max_logs_per_delivery), link[0] if link else None,
