@@ -202,6 +202,12 @@ class MissingBaseRow(PipelineError):
     error_code = "WAREHOUSE_INCOMPLETE"
 
 
+class LedgerUnreachable(PipelineError):
+    """The ledger's database refused a connection or dropped one while logs were read; retrying may succeed."""
+
+    error_code = "LEDGER_UNREACHABLE"
+
+
 class LoadError(PipelineError):
     """The warehouse refused a load; the cursor did not move."""
 

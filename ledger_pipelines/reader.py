@@ -13,15 +13,16 @@ a sync opens its warehouse meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger_core.export import LOG_BATCH_QUERY
-from ledger_pipelines.errors import LogGap
+from ledger_pipelines.errors import LedgerUnreachable, LogGap
 
 READ_CONNECTIONS = 2
 MIN_PART = 2_500  # logs: a smaller part saves less than its query costs
@@ -31,6 +32,7 @@ class LogReader:
     """One read at a time (the sync's reading thread); each read may use every connection."""
 
     def __init__(self, database_url: str, connections: int = READ_CONNECTIONS):
+        self._url = database_url
         self._pool = ThreadPoolExecutor(connections, thread_name_prefix="log-read")
         self._conns: list[Future[adbc.Connection]] = [self._pool.submit(adbc.connect, database_url)
                                                       for _ in range(connections)]
@@ -45,6 +47,7 @@ class LogReader:
             bounds = [after + wanted * i // parts for i in range(parts + 1)]
             reads = [self._pool.submit(self._read, i, ledger, low, high, high - low)
                      for i, (low, high) in enumerate(itertools.pairwise(bounds))]
+            wait(reads)  # all of them, even if one failed: each holds its connection until it ends
             table = pa.concat_tables([r.result() for r in reads])
         if table.num_rows:
             ids = table.column("id")
@@ -57,17 +60,31 @@ class LogReader:
         return table
 
     def _read(self, connection: int, ledger: str, after: int, up_to: int, limit: int) -> pa.Table:
-        conn = self._conns[connection].result()
-        with conn.cursor() as cursor:
-            cursor.execute(LOG_BATCH_QUERY, (ledger, after, up_to, limit))
-            table = cursor.fetch_arrow_table()
-        conn.commit()  # end the read transaction ADBC opened; nothing is held between batches
+        try:
+            conn = self._conns[connection].result()
+            with conn.cursor() as cursor:
+                cursor.execute(LOG_BATCH_QUERY, (ledger, after, up_to, limit))
+                table = cursor.fetch_arrow_table()
+            conn.commit()  # end the read transaction ADBC opened; nothing is held between batches
+        except adbc.OperationalError as exc:
+            # A connection refused or dropped (a restart, a failover): the next read opens a new one, so a
+            # long-lived reader (`sync.follow`'s) heals once the database is back.
+            self._reconnect(connection)
+            said = str(exc).strip()
+            raise LedgerUnreachable(f"reading logs: {said.splitlines()[0] if said else type(exc).__name__}") from exc
         return table
+
+    def _reconnect(self, connection: int) -> None:
+        dropped, self._conns[connection] = self._conns[connection], self._pool.submit(adbc.connect, self._url)
+        if dropped.exception() is None:
+            with contextlib.suppress(adbc.Error):
+                dropped.result().close()
 
     def close(self) -> None:
         for opened in self._conns:
             if opened.exception() is None:  # waits for a connection still being opened
-                opened.result().close()
+                with contextlib.suppress(adbc.Error):  # one the server dropped
+                    opened.result().close()
         self._pool.shutdown()
 
     def __enter__(self) -> LogReader:

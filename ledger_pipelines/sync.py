@@ -41,6 +41,7 @@ from ledger_core.db import connect
 from ledger_pipelines import registry
 from ledger_pipelines.delivery import LogSink
 from ledger_pipelines.errors import (
+    LedgerUnreachable,
     LogChainBroken,
     LogGap,
     PipelineBusy,
@@ -170,7 +171,7 @@ def sync_pipeline(
                                 report = replace(report, checks=[*checks,
                                                                   freshness(registry.get_pipeline(conn, pipeline_id))])
                         break
-                    except TransientLoadError:
+                    except (TransientLoadError, LedgerUnreachable):
                         if done.attempts >= retry.attempts:
                             raise
                         sleep(retry.delay(done.attempts))
@@ -435,7 +436,7 @@ def verify_pipeline(database_url: str, pipeline_ref: str, *, environ: Mapping[st
 
 @dataclass(frozen=True)
 class SyncFailure:
-    pipeline_id: str
+    pipeline_id: str | None  # None: every pipeline (the ledger's database could not be reached)
     error_code: str
     error: str
 
@@ -478,34 +479,61 @@ def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mappin
 
     A failing pipeline is reported and tried again at a later wake-up without waiting for a new write: after
     `idle_timeout`, then twice as long each time it fails again, up to 15 minutes (so a failure that needs a
-    person does not fill the history); it never stops the others.
+    person does not fill the history); it never stops the others. A ledger database that cannot be reached (a
+    restart, a failover) is reported once per attempt, for no pipeline in particular, and connected to again
+    after 1 s, then twice as long each time, up to `idle_timeout`: follow resumes on its own once it is back.
     """
     failures: dict[str, tuple[int, float]] = {}  # pipeline id -> (failures in a row, not before this monotonic time)
-    with connect(database_url) as listener, LogReader(database_url) as reader:
-        listener.execute(f"LISTEN {export.LOGS_CHANNEL}")
-        while not should_stop():
-            with connect(database_url) as conn:
-                due = [p for p in registry.list_pipelines(conn)
-                       if p.enabled and (p.lag > 0 or p.failing) and (pipeline_ids is None or p.id in pipeline_ids)
-                       and time.monotonic() >= failures.get(p.id, (0, 0.0))[1]]
-            moved = False
-            for pipeline in due:
-                try:
-                    report = sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size,
-                                           reader=reader, trigger="follow", retry=retry)
-                except PipelineError as exc:
-                    in_a_row = failures.get(pipeline.id, (0, 0.0))[0] + 1
-                    failures[pipeline.id] = (in_a_row, time.monotonic() + follow_backoff(in_a_row, idle_timeout))
-                    on_failure(SyncFailure(pipeline.id, exc.error_code, f"{type(exc).__name__}: {exc}"))
-                    continue
-                failures.pop(pipeline.id, None)
-                moved = moved or report.logs > 0
-                on_report(report)
-            if moved:
-                continue  # more may have committed while we loaded
-            deadline = time.monotonic() + idle_timeout
-            for _ in listener.notifies(timeout=max(deadline - time.monotonic(), 0.01), stop_after=1):
-                break
-            # Drain what else arrived so one burst of commits causes one sync.
-            for _ in listener.notifies(timeout=0.001):
-                pass
+    outages = 0  # attempts in a row to reach the ledger's database that failed
+    while not should_stop():
+        try:
+            with connect(database_url) as listener, LogReader(database_url) as reader:
+                listener.execute(f"LISTEN {export.LOGS_CHANNEL}")
+                outages = 0
+                _follow(database_url, pipeline_ids, listener, reader, failures, environ=environ, on_report=on_report,
+                        on_failure=on_failure, should_stop=should_stop, idle_timeout=idle_timeout,
+                        batch_size=batch_size, retry=retry)
+        except (psycopg.OperationalError, LedgerUnreachable) as exc:
+            outages += 1
+            said = str(exc).strip()
+            on_failure(SyncFailure(None, LedgerUnreachable.error_code,
+                                   f"{type(exc).__name__}: {said.splitlines()[0] if said else 'connection lost'}"))
+            pause = min(2.0 ** (outages - 1), idle_timeout)
+            deadline = time.monotonic() + pause
+            while time.monotonic() < deadline and not should_stop():
+                time.sleep(min(0.1, pause))
+
+
+def _follow(database_url: str, pipeline_ids: list[str] | None, listener: psycopg.Connection, reader: LogReader,
+            failures: dict[str, tuple[int, float]], *, environ: Mapping[str, str],
+            on_report: Callable[[SyncReport], None], on_failure: Callable[[SyncFailure], None],
+            should_stop: Callable[[], bool], idle_timeout: float, batch_size: int, retry: RetryPolicy) -> None:
+    """`follow` on one set of connections to the ledger's database, until told to stop or one is lost."""
+    while not should_stop():
+        with connect(database_url) as conn:
+            due = [p for p in registry.list_pipelines(conn)
+                   if p.enabled and (p.lag > 0 or p.failing) and (pipeline_ids is None or p.id in pipeline_ids)
+                   and time.monotonic() >= failures.get(p.id, (0, 0.0))[1]]
+        moved = False
+        for pipeline in due:
+            try:
+                report = sync_pipeline(database_url, pipeline.id, environ=environ, batch_size=batch_size,
+                                       reader=reader, trigger="follow", retry=retry)
+            except LedgerUnreachable:
+                raise  # every pipeline's problem, not this one's: `follow` connects again
+            except PipelineError as exc:
+                in_a_row = failures.get(pipeline.id, (0, 0.0))[0] + 1
+                failures[pipeline.id] = (in_a_row, time.monotonic() + follow_backoff(in_a_row, idle_timeout))
+                on_failure(SyncFailure(pipeline.id, exc.error_code, f"{type(exc).__name__}: {exc}"))
+                continue
+            failures.pop(pipeline.id, None)
+            moved = moved or report.logs > 0
+            on_report(report)
+        if moved:
+            continue  # more may have committed while we loaded
+        deadline = time.monotonic() + idle_timeout
+        for _ in listener.notifies(timeout=max(deadline - time.monotonic(), 0.01), stop_after=1):
+            break
+        # Drain what else arrived so one burst of commits causes one sync.
+        for _ in listener.notifies(timeout=0.001):
+            pass

@@ -211,6 +211,73 @@ def test_follow_backs_off_a_failing_pipeline_and_heals_without_a_new_write(conn,
     assert registry.get_pipeline(conn, pipeline.id).failing is False
 
 
+def _until(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
+
+
+def test_follow_rides_out_the_ledger_database_going_away(fresh_db_url, pg_admin_url, tmp_path):
+    # What a restart or a failover does to a follower: every connection cut, none taken for a while. It must
+    # say so, and carry on by itself once the database is back (no new process, no human).
+    import threading
+
+    from ledger_core.db import connect
+    from ledger_core.ledgers import create_ledger
+    from ledger_pipelines.sync import follow
+
+    database = fresh_db_url.rsplit("/", 1)[1]
+    with connect(fresh_db_url) as conn:
+        create_ledger(conn, "books")
+        exporter = registry.create_exporter(conn, "duckdb", {"path": str(tmp_path / "w.duckdb")})
+        pipeline = registry.create_pipeline(conn, "books", exporter.id)
+        send(conn, "books", posting("world", "a", 1))
+    failures, reports = [], []
+    stop = threading.Event()
+    follower = threading.Thread(target=follow, args=(fresh_db_url, [pipeline.id]), kwargs={
+        "environ": {}, "on_report": reports.append, "on_failure": failures.append, "should_stop": stop.is_set,
+        "idle_timeout": 0.5, "retry": RetryPolicy(attempts=2, first_delay=0.1)})
+    follower.start()
+    try:
+        _until(lambda: any(r.to_log_id == 1 for r in reports))
+        with connect(pg_admin_url, check_schema=False) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            try:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+                _until(lambda: len(failures) >= 3)  # reported at each attempt to connect again
+            finally:
+                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        with connect(fresh_db_url) as conn:
+            send(conn, "books", posting("world", "b", 2))
+        _until(lambda: any(r.to_log_id == 2 for r in reports))
+        assert follower.is_alive()
+    finally:
+        stop.set()
+        follower.join(timeout=30)
+    assert not follower.is_alive()
+    assert {(f.pipeline_id, f.error_code) for f in failures} == {(None, "LEDGER_UNREACHABLE")}
+    with connect(fresh_db_url) as conn:
+        assert registry.get_pipeline(conn, pipeline.id).last_log_id == 2
+
+
+def test_a_log_reader_reconnects_after_its_connections_are_cut(fresh_db_url):
+    from ledger_core.db import connect
+    from ledger_core.ledgers import create_ledger
+    from ledger_pipelines.errors import LedgerUnreachable
+    from ledger_pipelines.reader import LogReader
+
+    with connect(fresh_db_url) as conn, LogReader(fresh_db_url) as reader:
+        create_ledger(conn, "books")
+        send(conn, "books", posting("world", "a", 1))
+        assert reader.read("books", after=0, up_to=1, limit=1).num_rows == 1
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        with pytest.raises(LedgerUnreachable, match="terminating connection"):
+            reader.read("books", after=0, up_to=1, limit=1)
+        assert reader.read("books", after=0, up_to=1, limit=1).num_rows == 1  # on a new connection, by itself
+
+
 def test_money_as_text_after_logs_were_loaded_converts_the_columns_at_the_next_sync(conn, ledger, duckdb_pipeline):
     """The schema version says nothing of a setting: DuckDB converts its money columns when `money` changes, even
     for a warehouse that has loaded logs already (so setup would not run again)."""
