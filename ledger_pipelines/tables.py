@@ -8,7 +8,7 @@ resets idempotent: loading the same logs twice, or older logs after newer ones, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -164,13 +164,21 @@ REPLAY_BELOW = 3
 
 @dataclass(frozen=True)
 class Batch:
-    """The warehouse rows for the logs `first_log_id..last_log_id` of one ledger."""
+    """The warehouse rows for the logs `first_log_id..last_log_id` of one ledger.
+
+    `new_rows`: per folded table, how many of its first rows have a key no earlier log wrote (a transaction
+    the batch creates, an account or a day's volumes the warehouse held no row for when the batch was folded).
+    A warehouse holding none of the batch's logs cannot hold those rows: a load may append them instead of
+    merging them. A table not named has none known (balances are not fetched: a zero move leaves a row that
+    the logs' volumes cannot tell from none).
+    """
 
     ledger: str
     first_log_id: int
     last_log_id: int
     last_log_hash: str
     tables: dict[str, pa.Table]
+    new_rows: dict[str, int] = field(default_factory=dict)
 
     def row_counts(self) -> dict[str, int]:
         return {name: table.num_rows for name, table in self.tables.items()}

@@ -178,16 +178,18 @@ _TABLE_SQL: dict[str, str] = {
     DAILY_VOLUMES.name: """
         WITH touched AS (
             SELECT k.account, k.asset, k.day, coalesce(b.input, '0')::BIGNUM AS input,
-                   coalesce(b.output, '0')::BIGNUM AS output, coalesce(b.log_id, 0) AS log_id
+                   coalesce(b.output, '0')::BIGNUM AS output, coalesce(b.log_id, 0) AS log_id,
+                   b.account IS NULL AS is_new
             FROM (SELECT DISTINCT account, asset, day FROM move_rows) k
             LEFT JOIN base_daily_volumes b USING (account, asset, day))
         SELECT $ledger AS ledger, t.account, t.asset, t.day, main.asset_scale(t.asset) AS asset_scale,
                (t.input + sum(CASE WHEN m.is_source THEN 0::BIGNUM ELSE m.amount::BIGNUM END))::VARCHAR AS input,
                (t.output + sum(CASE WHEN m.is_source THEN m.amount::BIGNUM ELSE 0::BIGNUM END))::VARCHAR AS output,
-               max(m.log_id) AS log_id
+               max(m.log_id) AS log_id, t.is_new
         FROM touched t JOIN move_rows m ON m.account = t.account AND m.asset = t.asset AND m.day = t.day
                                        AND m.log_id > t.log_id
-        GROUP BY t.account, t.asset, t.day, t.input, t.output""",
+        GROUP BY t.account, t.asset, t.day, t.input, t.output, t.is_new
+        ORDER BY t.is_new DESC""",
     # Changes to transactions: created (whole rows), reverted, metadata set or deleted (JSON merge patches).
     TRANSACTIONS.name: """
         WITH created AS (
@@ -218,11 +220,12 @@ _TABLE_SQL: dict[str, str] = {
                s.reverts_transaction_id,
                coalesce(arg_max(c.reverted_by, c.log_id) FILTER (c.reverted_by IS NOT NULL),
                         s.reverted_by_transaction_id) AS reverted_by_transaction_id,
-               greatest(s.log_id, max(c.log_id)) AS log_id
+               greatest(s.log_id, max(c.log_id)) AS log_id, s.is_new
         FROM starts s LEFT JOIN changes c ON c.id = s.id AND c.log_id > s.log_id
         GROUP BY s.id, s.timestamp, s.inserted_at, s.reference, s.metadata, s.reverted_at, s.reverts_transaction_id,
                  s.reverted_by_transaction_id, s.log_id, s.is_new
-        HAVING s.is_new OR count(c.log_id) > 0""",
+        HAVING s.is_new OR count(c.log_id) > 0
+        ORDER BY s.is_new DESC""",
     # Changes to accounts: used by a move (first use, last update), metadata set or deleted.
     ACCOUNTS.name: """
         WITH changes AS (
@@ -237,17 +240,23 @@ _TABLE_SQL: dict[str, str] = {
             FROM parsed WHERE type IN ('SET_METADATA', 'DELETE_METADATA') AND d.targetType = 'ACCOUNT'),
         touched AS (
             SELECT t.address, coalesce(b.metadata, '{}')::JSON AS metadata, b.first_usage,
-                   coalesce(b.log_id, 0) AS log_id
+                   coalesce(b.log_id, 0) AS log_id, b.address IS NULL AS is_new
             FROM (SELECT DISTINCT address FROM changes) t LEFT JOIN base_accounts b USING (address))
         SELECT $ledger AS ledger, t.address,
                list_reduce(list_prepend(t.metadata, coalesce(list(c.patch ORDER BY c.log_id)
                                         FILTER (c.patch IS NOT NULL), [])),
                            lambda m, p: json_merge_patch(m, p))::VARCHAR AS metadata,
                least(t.first_usage, min(c.timestamp)) AS first_usage, arg_max(c.date, c.log_id) AS last_update,
-               max(c.log_id) AS log_id
+               max(c.log_id) AS log_id, t.is_new
         FROM touched t JOIN changes c ON c.address = t.address AND c.log_id > t.log_id
-        GROUP BY t.address, t.metadata, t.first_usage, t.log_id""",
+        GROUP BY t.address, t.metadata, t.first_usage, t.log_id, t.is_new
+        ORDER BY t.is_new DESC""",
 }
+
+# A fold's rows come with this column, new rows first (`ORDER BY is_new DESC`): true where the row's key is
+# written for the first time by the batch (a transaction it creates, an account or a day's volumes the
+# warehouse held no row for), so a warehouse holding none of the batch's logs cannot hold the row (`Batch.new_rows`).
+NEW_ROW = "is_new"
 
 # What the folds need of the warehouse's rows, and which rows they need.
 _BASE_SCHEMAS = {
@@ -416,6 +425,7 @@ class Transformer:
             self._refuse_missing_transactions()
             computed = {table.name: _computed(db, table, ledger, prepared.logs)
                         for table in DATA_TABLES if table not in BATCH_ONLY}
+            new_rows = {name: pc.sum(data.column(NEW_ROW)).as_py() or 0 for name, data in computed.items()}
             ahead = prepared.batch_only(ledger, money)  # made on another thread meanwhile, if at all
             computed.update({table.name: _computed(db, table, ledger, prepared.logs)
                              for table in BATCH_ONLY if table.name not in ahead})
@@ -431,7 +441,7 @@ class Transformer:
         typed = {name: _typed(BY_NAME[name], data, money.arrow_type) for name, data in computed.items()}
         ids = prepared.logs.column("id")
         return Batch(ledger, ids[0].as_py(), ids[-1].as_py(), prepared.logs.column("hash")[-1].as_py(),
-                     {t.name: ahead[t.name] if t.name in ahead else typed[t.name] for t in DATA_TABLES})
+                     {t.name: ahead[t.name] if t.name in ahead else typed[t.name] for t in DATA_TABLES}, new_rows)
 
     def _base_rows(self, ledger: str, name: str, schema: pa.Schema, fetch_current: FetchCurrent) -> pa.Table:
         keys = self._db.sql(_BASE_KEYS[name]).to_arrow_table().column(0).to_pylist()
@@ -459,7 +469,8 @@ def _computed(db: duckdb.DuckDBPyConnection, table: Table, ledger: str, logs: pa
     if table is LOGS:  # the reader's columns as they are: through DuckDB, every log's text was copied twice
         return logs.append_column("ledger", pa.repeat(pa.scalar(ledger), logs.num_rows)).append_column(
             "log_id", logs.column("id")).select(table.column_names)
-    return db.sql(_TABLE_SQL[table.name], params={"ledger": ledger}).to_arrow_table().select(table.column_names)
+    rows = db.sql(_TABLE_SQL[table.name], params={"ledger": ledger}).to_arrow_table()
+    return rows.select([*table.column_names, *([NEW_ROW] if NEW_ROW in rows.schema.names else [])])
 
 
 def _widest(tables: dict[str, pa.Table], digits: int) -> tuple[int, str, str, int] | None:

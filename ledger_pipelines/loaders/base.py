@@ -385,16 +385,24 @@ class Loader(Configured, ABC):
         """Merge the batch and, last, the sync state: per key, the row with the highest log_id wins.
 
         `new_logs`: the warehouse holds no log of this batch (its `logs` table stands below the first), so the
-        rows of immutable tables cannot be there yet. Where the warehouse `appends`, they go straight
+        rows of immutable tables cannot be there yet, nor the rows of mutable ones the batch writes first
+        (`Batch.new_rows`: in a full sync, nearly all of them). Where the warehouse `appends`, those go straight
         into their tables inside the load's transaction: no staging, and no merge that would compare them
         with every row already loaded (work that grew with the warehouse, batch after batch).
         """
         self.check_money(batch)
-        # An empty table has nothing to merge: no staging, no statement (a round trip each, on a cloud warehouse).
-        present = [(BY_NAME[name], data) for name, data in batch.tables.items() if data.num_rows]
         appending = new_logs and self.appends
-        direct = [(t, d) for t, d in present if appending and not t.mutable]
-        parts = [*((t, d) for t, d in present if not (appending and not t.mutable)), (SYNC_STATE, state.as_table())]
+        direct: list[tuple[Table, pa.Table]] = []
+        parts: list[tuple[Table, pa.Table]] = []
+        for name, data in batch.tables.items():
+            table = BY_NAME[name]
+            new = batch.new_rows.get(name, 0) if table.mutable else data.num_rows
+            if appending and new:
+                direct.append((table, data.slice(0, new)))
+                data = data.slice(new)
+            if data.num_rows:  # an empty table has nothing to merge: no staging, no statement (a round trip each)
+                parts.append((table, data))
+        parts.append((SYNC_STATE, state.as_table()))
         staged: list[Any] = []
         with self.errors():
             try:

@@ -32,7 +32,7 @@ from ledger_core.requests import DeleteMetadata, NewTransaction, RevertTransacti
 from ledger_core.writer import write
 from ledger_pipelines.errors import LogIncomplete, MissingBaseRow, ValueOutOfRange
 from ledger_pipelines.reader import LogReader
-from ledger_pipelines.tables import DATA_TABLES, Kind, Money, Table
+from ledger_pipelines.tables import BY_NAME, DATA_TABLES, TRANSACTIONS, Batch, Kind, Money, Table
 from ledger_pipelines.transforms import Transformer
 from tests import reference_transform
 from tests.contract.helpers import assert_move_amounts, assert_reversal_links, display
@@ -147,7 +147,21 @@ def compare_batch(transformer: Transformer, ledger: str, logs: pa.Table, warehou
         for a, b in zip(mine, theirs, strict=True):
             a = {k: v for k, v in a.items() if k in b}
             assert a == b, f"{table.name} differs from the reference:\n  new {a}\n  ref {b}"
+    assert_new_rows_are_the_unheld_keys(got, warehouse)
     warehouse.merge(got.tables)
+
+
+def assert_new_rows_are_the_unheld_keys(batch: Batch, warehouse: SimulatedWarehouse) -> None:
+    """What a load may append rather than merge (`Batch.new_rows`, new rows first) is exactly what the warehouse
+    lacks, when it holds none of the batch's logs; in a replay, an account's or a day's new rows still are."""
+    beyond = all(row["log_id"] < batch.first_log_id for row in warehouse.rows["logs"].values())
+    assert set(batch.new_rows) == {"transactions", "accounts", "daily_volumes"}  # the folds (balances: no fetch)
+    for name, new in batch.new_rows.items():
+        table = BY_NAME[name]
+        if not beyond and table is TRANSACTIONS:
+            continue  # a transaction the replayed batch creates is in the warehouse already
+        keys = [tuple(row[k] for k in table.key) for row in batch.tables[name].to_pylist()]
+        assert [key not in warehouse.rows[name] for key in keys] == [True] * new + [False] * (len(keys) - new), name
 
 
 def assert_new_columns_equal_the_ledger(conn: psycopg.Connection, ledger: str, warehouse: SimulatedWarehouse) -> None:
