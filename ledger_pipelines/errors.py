@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException, default: str = "") -> str:
+    """A driver's message in one line (libpq's run to several: a DETAIL, a HINT); `default` if it has none."""
+    said = str(exc).strip()
+    return said.splitlines()[0] if said else default
+
+
 class PipelineError(Exception):
     """Root of every error the pipelines package raises on purpose."""
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledger_core.export import LOG_BATCH_QUERY
-from ledger_pipelines.errors import LedgerUnreachable, LogGap
+from ledger_pipelines.errors import LedgerUnreachable, LogGap, first_line
 
 READ_CONNECTIONS = 2
 MIN_PART = 2_500  # logs: a smaller part saves less than its query costs
@@ -70,8 +70,7 @@ class LogReader:
             # A connection refused or dropped (a restart, a failover): the next read opens a new one, so a
             # long-lived reader (`sync.follow`'s) heals once the database is back.
             self._reconnect(connection)
-            said = str(exc).strip()
-            raise LedgerUnreachable(f"reading logs: {said.splitlines()[0] if said else type(exc).__name__}") from exc
+            raise LedgerUnreachable(f"reading logs: {first_line(exc, type(exc).__name__)}") from exc
         return table
 
     def _reconnect(self, connection: int) -> None:

@@ -50,6 +50,7 @@ from ledger_pipelines.errors import (
     TransientLoadError,
     ValueOutOfRange,
     WarehouseAhead,
+    first_line,
 )
 from ledger_pipelines.loaders import FaultHook, open_loader
 from ledger_pipelines.loaders.base import Loader
@@ -495,9 +496,8 @@ def follow(database_url: str, pipeline_ids: list[str] | None, *, environ: Mappin
                         batch_size=batch_size, retry=retry)
         except (psycopg.OperationalError, LedgerUnreachable) as exc:
             outages += 1
-            said = str(exc).strip()
             on_failure(SyncFailure(None, LedgerUnreachable.error_code,
-                                   f"{type(exc).__name__}: {said.splitlines()[0] if said else 'connection lost'}"))
+                                   f"{type(exc).__name__}: {first_line(exc, 'connection lost')}"))
             pause = min(2.0 ** (outages - 1), idle_timeout)
             deadline = time.monotonic() + pause
             while time.monotonic() < deadline and not should_stop():

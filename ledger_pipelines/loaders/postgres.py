@@ -22,7 +22,7 @@ import pyarrow.csv as pa_csv
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
+from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError, first_line
 from ledger_pipelines.loaders.base import Dialect, Loader
 from ledger_pipelines.loaders.config import PORT_BOUNDS, ConfigField
 from ledger_pipelines.tables import ARROW_TYPES, Kind, Table
@@ -46,8 +46,7 @@ def translate_errors(driver: str = "postgres") -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        said = str(exc).strip()
-        raise TransientLoadError(f"{driver}: {said.splitlines()[0] if said else exc}") from exc
+        raise TransientLoadError(f"{driver}: {first_line(exc)}") from exc
     except psycopg.Error as exc:
         raise LoadError(f"{driver}: {str(exc).strip()}") from exc
 

@@ -40,3 +40,12 @@ def test_a_refusal_survives_pickling_with_its_fields(refusal):
 
 def test_no_error_class_replaces_the_roots_pickling():
     assert all("__reduce__" not in vars(cls) for cls in every_subclass(errors.LedgerError))
+
+
+def test_a_drivers_message_is_reported_by_its_first_line() -> None:
+    from ledger_pipelines.errors import first_line
+
+    said = Exception("connection to server failed: Connection refused\n\tIs the server running?\nHINT: x")
+    assert first_line(said) == "connection to server failed: Connection refused"
+    assert first_line(Exception("  \n "), "connection lost") == "connection lost"
+    assert first_line(Exception()) == ""
