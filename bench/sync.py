@@ -241,11 +241,10 @@ def run_phase(phase: str, ways: dict, states: dict[str, dict], url: str, ours_du
     every round's seconds, and the highest peak of them all)."""
     saved = workdir / f"before-{phase}"
     repeated = [name for name in ways if name in REPEATED] if ROUNDS > 1 else []
-    starts: dict[str, tuple[dict, int]] = {}
     with connect(url) as conn:
-        cursor = registry.get_pipeline(conn, ours_duckdb).last_log_id if ours_duckdb else 0
+        start_cursor = registry.get_pipeline(conn, ours_duckdb).last_log_id if ours_duckdb else 0
+    start_states = {name: deepcopy(states[name]) for name in repeated}
     for name in repeated:
-        starts[name] = (deepcopy(states[name]), cursor)
         for relative in REPEATED[name]:
             _copy_if_present(workdir / relative, saved / relative)
     rounds: dict[str, list[dict]] = {}
@@ -254,16 +253,15 @@ def run_phase(phase: str, ways: dict, states: dict[str, dict], url: str, ours_du
             if number and name not in repeated:
                 continue
             if number:  # back to the phase's start: the same work again
-                state, cursor = starts[name]
                 states[name].clear()
-                states[name].update(deepcopy(state))
+                states[name].update(deepcopy(start_states[name]))
                 for relative in REPEATED[name]:
                     shutil.rmtree(workdir / relative, ignore_errors=True)
                     (workdir / relative).unlink(missing_ok=True)
                     _copy_if_present(saved / relative, workdir / relative)
                 if name == OURS_DUCKDB:
                     with connect(url) as conn:
-                        registry.reset_pipeline(conn, ours_duckdb, cursor)
+                        registry.reset_pipeline(conn, ours_duckdb, start_cursor)
             result = isolated(function, *args, state=states[name])
             rounds.setdefault(name, []).append(result)
             print(f"  {phase:5s} {name}{f' (round {number + 1})' if name in repeated else ''}: {result}", flush=True)
