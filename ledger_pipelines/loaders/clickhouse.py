@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 import pyarrow as pa
+import pyarrow.compute as pc
 from clickhouse_connect.driver import exceptions as ch_errors
 
 from ledger_pipelines.errors import InvalidExporterConfig, LoadError, TransientLoadError
@@ -52,6 +54,38 @@ DIALECT = Dialect(
 
 # Month partitions on a column that never changes for a key; tables not listed are unpartitioned.
 PARTITION_BY = {"logs": "date", "transactions": "timestamp", "postings": "timestamp", "moves": "timestamp"}
+
+
+# TabSeparated's escapes, the backslash first: a value holding any of these still reads back as itself.
+TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
+
+
+@dataclass(frozen=True)
+class EscapedText:
+    """A query parameter's value already escaped the way ClickHouse reads parameters. clickhouse-connect escapes
+    a `str` parameter character by character in Python; a value of a type it does not know it sends as `str()`
+    gives it, unchanged."""
+
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def keys_as_tsv(keys: Sequence[Any]) -> EscapedText:
+    """`keys` as one String parameter holding TabSeparated rows, read back by `format(TSV, 'key <type>', …)`.
+
+    A fold asks for the current rows of every key a batch touches, 20,000 account addresses and more. Sent as an
+    `Array(String)` parameter, 20,000 of them cost 50 ms before the query ran (20 ms of clickhouse-connect
+    escaping each character in Python, 30 ms of ClickHouse parsing the array); as TSV, escaped with Arrow's string
+    kernels, 4 ms. A full sync's reads of current rows took 1.3 s with the array, 0.65 s now.
+    """
+    values = pa.array(keys).cast(pa.string())  # a number or a date as its text, which TSV reads as the key's type
+    for raw, escaped in TSV_ESCAPES:
+        values = pc.replace_substring(values, raw, escaped)
+    rows = "".join(pc.binary_join_element_wise(values, "", "\n").to_pylist())  # each row ends with a newline
+    # Escaped once more for the parameter: its rows' newlines and the TSV escapes' backslashes are text in it.
+    return EscapedText(rows.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n"))
 
 
 @contextmanager
@@ -139,15 +173,16 @@ class ClickHouseLoader(Loader):
 
     def fetch_current(self, table: Table, ledger: str, keys: Sequence[Any],
                       within: tuple[str, Any, Any] | None = None) -> pa.Table:
-        """One query for all the wanted keys (an array parameter), answered in Arrow: no Python per row (the
-        row-by-row read cost a full sync more than ClickHouse's own inserts). Money comes as its digits."""
+        """One query for all the wanted keys (one TSV parameter, `keys_as_tsv`), answered in Arrow: no Python per
+        row (the row-by-row read cost a full sync more than ClickHouse's own inserts). Money comes as its digits."""
         column = next(k for k in table.key if k != "ledger")
         kind = table.kind_of(column)
         selected = ", ".join(f"toString({self.ident(c.name)})" if c.kind is Kind.MONEY else self.ident(c.name)
                              for c in table.columns)
         where = (f"{self.ident('ledger')} = {{ledger:String}} AND "
-                 f"{self.ident(column)} IN {{keys:Array({self.column_type(kind)})}}")
-        params: dict[str, Any] = {"ledger": ledger, "keys": list(keys)}
+                 f"{self.ident(column)} IN (SELECT key FROM format(TSV, 'key {self.column_type(kind)}', "
+                 "{keys:String}))")
+        params: dict[str, Any] = {"ledger": ledger, "keys": keys_as_tsv(keys)}
         if within is not None:
             bound_kind = table.kind_of(within[0])
             where += (f" AND {self.ident(within[0])} BETWEEN {{low:{self.column_type(bound_kind)}}} "

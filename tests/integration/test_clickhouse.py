@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pyarrow as pa
 import pytest
 
 from ledger_pipelines import registry
 from ledger_pipelines.errors import InvalidExporterConfig, TransientLoadError
 from ledger_pipelines.loaders import open_loader, validate_config
 from ledger_pipelines.sync import sync_pipeline
-from ledger_pipelines.tables import BALANCES, DATA_TABLES, MOVES, POSTINGS
+from ledger_pipelines.tables import ACCOUNTS, BALANCES, DATA_TABLES, MOVES, POSTINGS, TRANSACTIONS
 from tests.helpers import posting, send
 
 
@@ -64,6 +67,28 @@ def test_replayed_batches_leave_counts_unchanged_read_with_final_or_views(conn, 
         assert all(raw[name] >= before[name] for name in before)
         loader.client.command("OPTIMIZE TABLE analytics.logs FINAL")
         assert counts(loader)["logs"] == before["logs"]  # merged: the duplicates are gone for good
+
+
+def test_current_rows_are_found_by_keys_holding_any_text(tmp_path):
+    """A fold's read of the current rows sends its keys as one TSV parameter: keys holding TSV's escapes and the
+    parameter's own (tab, line breaks, backslashes, quotes, NUL, a placeholder's spelling) find their rows, and
+    only theirs; so do numeric keys."""
+    hostile = ["a\tb", "c\nd", "e\\f", "e\\\\f", "\\t", "g'h", 'i"j', "k\x00l", "m\\nn", "\r", "é☃😀",
+               "{keys:String}", "$keys$", ""]
+    with open_loader("clickhouse", {"chdb_path": str(tmp_path / "ch"), "database": "analytics"}, {}) as loader:
+        loader.ensure_schema("p")
+        at = datetime(2024, 3, 1, tzinfo=UTC)
+        accounts = [{"ledger": "l", "address": address, "metadata": "{}", "first_usage": at, "last_update": at,
+                     "log_id": i + 1} for i, address in enumerate([*hostile, "a", "b", "e\\\\\\f"])]
+        loader.merge(ACCOUNTS, pa.Table.from_pylist(accounts, schema=ACCOUNTS.arrow_schema))
+        found = loader.fetch_current(ACCOUNTS, "l", hostile)
+        assert sorted(found.column("address").to_pylist()) == sorted(hostile)
+        assert found.column("log_id").to_pylist() == [hostile.index(a) + 1 for a in found.column("address").to_pylist()]
+        assert loader.fetch_current(ACCOUNTS, "other ledger", hostile).num_rows == 0
+        transactions = [{"ledger": "l", "id": i, "timestamp": at, "inserted_at": at, "metadata": "{}", "log_id": i}
+                        for i in (1, 2, 2**62)]
+        loader.merge(TRANSACTIONS, pa.Table.from_pylist(transactions, schema=TRANSACTIONS.arrow_schema))
+        assert sorted(loader.fetch_current(TRANSACTIONS, "l", [2**62, 1, 3]).column("id").to_pylist()) == [1, 2**62]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from ledger_pipelines.errors import InvalidExporterConfig
 from ledger_pipelines.loaders import DRIVERS, is_log_sink
 from ledger_pipelines.loaders.base import Loader
 from ledger_pipelines.loaders.bigquery import BigQueryLoader, script
+from ledger_pipelines.loaders.clickhouse import keys_as_tsv
 from ledger_pipelines.loaders.redshift import RedshiftLoader, copy_from_s3_sql
 from ledger_pipelines.loaders.snowflake import SnowflakeLoader, copy_into_sql, put_sql
 from ledger_pipelines.tables import ACCOUNTS, BALANCES, DAILY_VOLUMES, LOGS
@@ -177,3 +178,15 @@ def test_the_asset_scale_is_the_assets_precision(asset, scale):
 
     with Transformer() as transformer:
         assert transformer._db.execute("SELECT main.asset_scale(?)", [asset]).fetchall() == [(scale,)]
+
+
+def test_clickhouse_sends_a_folds_keys_as_one_tsv_parameter_escaped_twice():
+    """TSV's escapes per key, then the parameter's own over the whole text (what the server and chdb unescape
+    once); clickhouse-connect must pass the prepared text on unchanged, over HTTP as in chdb."""
+    from clickhouse_connect.driver.binding import bind_query
+
+    keys = ["users:1", "a\tb", "c\nd", "e\\f", "g'h", ""]
+    assert str(keys_as_tsv(keys)) == "users:1\\n" "a\\\\tb\\n" "c\\\\nd\\n" "e\\\\\\\\f\\n" "g'h\\n" "\\n"
+    assert str(keys_as_tsv([7, -2, 2**62])) == "7\\n-2\\n4611686018427387904\\n"
+    query = "SELECT key FROM format(TSV, 'key String', {keys:String})"
+    assert bind_query(query, {"keys": keys_as_tsv(keys)}) == (query, {"param_keys": str(keys_as_tsv(keys))})
