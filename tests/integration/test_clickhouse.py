@@ -9,6 +9,7 @@ import pytest
 
 from ledger_pipelines import registry
 from ledger_pipelines.errors import InvalidExporterConfig, TransientLoadError
+from ledger_pipelines.loaders import clickhouse as clickhouse_loader
 from ledger_pipelines.loaders import open_loader, validate_config
 from ledger_pipelines.sync import sync_pipeline
 from ledger_pipelines.tables import ACCOUNTS, BALANCES, DATA_TABLES, MOVES, POSTINGS, TRANSACTIONS
@@ -69,10 +70,12 @@ def test_replayed_batches_leave_counts_unchanged_read_with_final_or_views(conn, 
         assert counts(loader)["logs"] == before["logs"]  # merged: the duplicates are gone for good
 
 
-def test_current_rows_are_found_by_keys_holding_any_text(tmp_path):
-    """A fold's read of the current rows sends its keys as one TSV parameter: keys holding TSV's escapes and the
+@pytest.mark.parametrize("parameter_bytes", [clickhouse_loader.MAX_KEYS_PARAMETER_BYTES, 8])
+def test_current_rows_are_found_by_keys_holding_any_text(tmp_path, monkeypatch, parameter_bytes):
+    """A fold's read of the current rows sends its keys as TSV parameters: keys holding TSV's escapes and the
     parameter's own (tab, line breaks, backslashes, quotes, NUL, a placeholder's spelling) find their rows, and
-    only theirs; so do numeric keys."""
+    only theirs, in one parameter or split over many; so do numeric keys."""
+    monkeypatch.setattr(clickhouse_loader, "MAX_KEYS_PARAMETER_BYTES", parameter_bytes)
     hostile = ["a\tb", "c\nd", "e\\f", "e\\\\f", "\\t", "g'h", 'i"j', "k\x00l", "m\\nn", "\r", "é☃😀",
                "{keys:String}", "$keys$", ""]
     with open_loader("clickhouse", {"chdb_path": str(tmp_path / "ch"), "database": "analytics"}, {}) as loader:
@@ -85,6 +88,7 @@ def test_current_rows_are_found_by_keys_holding_any_text(tmp_path):
         assert sorted(found.column("address").to_pylist()) == sorted(hostile)
         assert found.column("log_id").to_pylist() == [hostile.index(a) + 1 for a in found.column("address").to_pylist()]
         assert loader.fetch_current(ACCOUNTS, "other ledger", hostile).num_rows == 0
+        assert loader.fetch_current(ACCOUNTS, "l", []).num_rows == 0
         transactions = [{"ledger": "l", "id": i, "timestamp": at, "inserted_at": at, "metadata": "{}", "log_id": i}
                         for i in (1, 2, 2**62)]
         loader.merge(TRANSACTIONS, pa.Table.from_pylist(transactions, schema=TRANSACTIONS.arrow_schema))

@@ -180,13 +180,29 @@ def test_the_asset_scale_is_the_assets_precision(asset, scale):
         assert transformer._db.execute("SELECT main.asset_scale(?)", [asset]).fetchall() == [(scale,)]
 
 
-def test_clickhouse_sends_a_folds_keys_as_one_tsv_parameter_escaped_twice():
-    """TSV's escapes per key, then the parameter's own over the whole text (what the server and chdb unescape
-    once); clickhouse-connect must pass the prepared text on unchanged, over HTTP as in chdb."""
+def test_clickhouse_sends_a_folds_keys_as_tsv_parameters_escaped_twice():
+    """TSV's escapes per key, then the parameter's own (what the server and chdb unescape once); clickhouse-connect
+    must pass the prepared text on unchanged, over HTTP as in chdb."""
     from clickhouse_connect.driver.binding import bind_query
 
     keys = ["users:1", "a\tb", "c\nd", "e\\f", "g'h", ""]
-    assert str(keys_as_tsv(keys)) == "users:1\\n" "a\\\\tb\\n" "c\\\\nd\\n" "e\\\\\\\\f\\n" "g'h\\n" "\\n"
-    assert str(keys_as_tsv([7, -2, 2**62])) == "7\\n-2\\n4611686018427387904\\n"
-    query = "SELECT key FROM format(TSV, 'key String', {keys:String})"
-    assert bind_query(query, {"keys": keys_as_tsv(keys)}) == (query, {"param_keys": str(keys_as_tsv(keys))})
+    [text] = keys_as_tsv(keys)
+    assert str(text) == "users:1\\n" "a\\\\tb\\n" "c\\\\nd\\n" "e\\\\\\\\f\\n" "g'h\\n" "\\n"
+    assert [str(t) for t in keys_as_tsv([7, -2, 2**62])] == ["7\\n-2\\n4611686018427387904\\n"]
+    assert keys_as_tsv([]) == []
+    query = "SELECT key FROM format(TSV, 'key String', {keys_0:String})"
+    assert bind_query(query, {"keys_0": text}) == (query, {"param_keys_0": str(text)})
+    # Split at rows only: the parts put together are the whole, each at most the limit and one row over it.
+    parts = [str(t) for t in keys_as_tsv(keys, 12)]
+    assert len(parts) > 1 and "".join(parts) == str(text) and all(p.endswith("\\n") for p in parts)
+
+
+def test_clickhouse_keys_parameters_stay_under_a_servers_form_field_limit():
+    """A server refuses a form field over `http_max_field_value_size` (128 KiB by default), and clickhouse-connect
+    sends long parameters as form fields: a batch's keys, however many and however long, go in several."""
+    from ledger_core.validation import MAX_ADDRESS_LENGTH
+
+    keys = [f"users:{i}" for i in range(40_000)] + ["x" * MAX_ADDRESS_LENGTH] * 300
+    texts = keys_as_tsv(keys)
+    assert len(texts) > 1 and all(len(str(t).encode()) < 128 * 1024 for t in texts)
+    assert "".join(map(str, texts)).count("\\n") == len(keys)
