@@ -56,12 +56,14 @@ LEDGER = "bench-sync"
 SOURCE_TABLES = ("logs", "transactions", "moves", "accounts", "volumes")
 APPEND_KEYS = {"logs": "id", "transactions": "id", "moves": "seq"}
 CEILING = "ceiling (COPY->Arrow->DuckDB)"
-OURS_DUCKDB, CONNECTORX = "ours -> DuckDB", "dlt (connectorx)"
+OURS_DUCKDB, CONNECTORX, PYARROW = "ours -> DuckDB", "dlt (connectorx)", "dlt (pyarrow)"
+# Each DuckDB contender's warehouse file, in the bench's folder.
+WAREHOUSE_FILE = {OURS_DUCKDB: "ours.duckdb", CONNECTORX: "dlt-cx.duckdb", PYARROW: "dlt-pa.duckdb",
+                  CEILING: "ceiling.duckdb"}
 # What each repeated contender leaves in the bench's folder (its warehouse, dlt's pipeline state): put back
 # before each round after the first.
-REPEATED = {OURS_DUCKDB: ("ours.duckdb", "ours.duckdb.wal"),
-            CONNECTORX: ("dlt-cx.duckdb", "dlt-cx.duckdb.wal", "dlt/bench_dlt_connectorx"),
-            CEILING: ("ceiling.duckdb", "ceiling.duckdb.wal")}
+REPEATED = {name: (WAREHOUSE_FILE[name], f"{WAREHOUSE_FILE[name]}.wal", *extra)
+            for name, extra in ((OURS_DUCKDB, ()), (CONNECTORX, ("dlt/bench_dlt_connectorx",)), (CEILING, ()))}
 
 
 ASSETS = ["USD/2", "EUR/2", "GBP/2", "JPY", "ETH/18"]
@@ -306,16 +308,17 @@ def run_shape(base: str, shape: str) -> list[dict]:
             settle(conn)
             pipelines = {}
             for name, driver, config in (
-                    (OURS_DUCKDB, "duckdb", {"path": str(workdir / "ours.duckdb")}),
+                    (OURS_DUCKDB, "duckdb", {"path": str(workdir / WAREHOUSE_FILE[OURS_DUCKDB])}),
                     ("ours -> PostgreSQL", "postgres", {"dsn": warehouse_url, "schema": "ledger"}),
                     ("ours -> ClickHouse", "clickhouse", {"chdb_path": str(workdir / "chdb")})):
                 exporter = registry.create_exporter(conn, driver, config)
                 pipelines[name] = registry.create_pipeline(conn, LEDGER, exporter.id).id
             rows_full = source_rows(conn)
         ways = {**{name: (run_ours, url, pipeline_id) for name, pipeline_id in pipelines.items()},
-                CONNECTORX: (run_dlt, url, "connectorx", str(workdir / "dlt-cx.duckdb"), str(workdir / "dlt")),
-                "dlt (pyarrow)": (run_dlt, url, "pyarrow", str(workdir / "dlt-pa.duckdb"), str(workdir / "dlt")),
-                CEILING: (run_ceiling, url, str(workdir / "ceiling.duckdb"))}
+                CONNECTORX: (run_dlt, url, "connectorx", str(workdir / WAREHOUSE_FILE[CONNECTORX]),
+                             str(workdir / "dlt")),
+                PYARROW: (run_dlt, url, "pyarrow", str(workdir / WAREHOUSE_FILE[PYARROW]), str(workdir / "dlt")),
+                CEILING: (run_ceiling, url, str(workdir / WAREHOUSE_FILE[CEILING]))}
         if CONTENDERS:
             ways = {k: v for k, v in ways.items() if k in CONTENDERS.split(",") or k == CEILING}
         states: dict[str, dict] = {name: {} for name in ways}
@@ -385,10 +388,8 @@ def check_every_log_arrived(url: str, warehouse_url: str, workdir: Path, finishe
             found = int(session.query("SELECT count() FROM ledger.logs FINAL", "CSV").data().strip())
             session.close()
         else:
-            path, table = {OURS_DUCKDB: ("ours.duckdb", "ledger.logs"),
-                           CONNECTORX: ("dlt-cx.duckdb", "ledger.logs"),
-                           "dlt (pyarrow)": ("dlt-pa.duckdb", "ledger.logs"), CEILING: ("ceiling.duckdb", "logs")}[name]
-            with duckdb.connect(str(workdir / path), read_only=True) as warehouse:
+            table = "logs" if name == CEILING else "ledger.logs"
+            with duckdb.connect(str(workdir / WAREHOUSE_FILE[name]), read_only=True) as warehouse:
                 found = warehouse.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         assert found == expected, f"{name} holds {found} logs of {expected}"
 
