@@ -58,8 +58,9 @@ PARTITION_BY = {"logs": "date", "transactions": "timestamp", "postings": "timest
 
 # TabSeparated's escapes, the backslash first: a value holding any of these still reads back as itself.
 TSV_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"))
-# A query parameter's own escapes (ClickHouse reads a parameter's text unescaping these once), the backslash first.
-PARAMETER_ESCAPES = (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"))
+# A query parameter's own escapes (ClickHouse reads a parameter's text unescaping them once), the backslash first;
+# of the characters it escapes, only these can remain in TSV rows (a tab within a key is `\t` by then).
+PARAMETER_ESCAPES = (("\\", "\\\\"), ("\n", "\\n"))
 # clickhouse-connect sends parameters longer than 4 KiB in all as fields of an HTML form, and a ClickHouse server
 # refuses a form field longer than `http_max_field_value_size` (128 KiB by default: "Field value too long"). So a
 # fold's keys go in parameters of about this many bytes each, one more key at most (an address has at most 1,024).

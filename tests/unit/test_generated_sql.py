@@ -195,6 +195,7 @@ def test_clickhouse_sends_a_folds_keys_as_tsv_parameters_escaped_twice():
     # Split at rows only: the parts put together are the whole, each at most the limit and one row over it.
     parts = [str(t) for t in keys_as_tsv(keys, 12)]
     assert len(parts) > 1 and "".join(parts) == str(text) and all(p.endswith("\\n") for p in parts)
+    assert all(len(p) <= 12 + len("e\\\\\\\\f\\n") for p in parts)  # the longest row
 
 
 def test_clickhouse_keys_parameters_stay_under_a_servers_form_field_limit():
